@@ -1,0 +1,23 @@
+# qtbench: Q-Tuning beside sample-, token- and full-data baselines.
+#   snakemake --cores all                                   # the embedded default (CPU, minutes)
+#   snakemake --cores all --configfile config/paper.yaml    # the paper's grid on a GPU box
+# The rules live in workflow/rules/; the work is done by the `qtbench` package.
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        final_outputs(),

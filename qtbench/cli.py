@@ -1,0 +1,199 @@
+"""``qtbench <verb>``: the commands the Snakemake rules call.
+
+Every rule calls one verb with explicit paths and JSON options, so each step
+can also be run and tested by hand; the package never reads Snakemake globals.
+JSON options are given inline (``--options '{"seed": 0}'``) or as ``@file.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from qtbench.io import read_json
+
+
+def _json(value: str) -> Any:
+    if value.startswith("@"):
+        return read_json(value[1:])
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({exc.msg}): {value[:80]}") from None
+
+
+def cmd_world(args: argparse.Namespace) -> None:
+    from qtbench.world.generate import build_world
+
+    summary = build_world(args.options, Path(args.out))
+    print(json.dumps(summary, indent=2, sort_keys=True))
+
+
+def cmd_pretrain(args: argparse.Namespace) -> None:
+    import torch
+
+    from qtbench.world.pretrain import pretrain_base_model
+
+    torch.set_num_threads(args.threads)
+    summary = pretrain_base_model(Path(args.world), args.options, Path(args.out), args.seed)
+    print(json.dumps(summary, indent=2, sort_keys=True))
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from qtbench.train import train
+
+    summary = train(args.run_config, args.out, args.base_model, args.data, static_scores=args.static_scores,
+                    reference_model=args.reference_model, state_dir=args.state_dir, wandb_dir=args.wandb_dir,
+                    progress=not args.no_progress)
+    keys = ("run_id", "optimizer_steps", "samples_trained", "loss_tokens", "effective_sample_fraction",
+            "effective_token_fraction", "flops_relative", "wall_time_s", "mean_loss")
+    print(json.dumps({k: summary[k] for k in keys}, indent=2))
+
+
+def cmd_score_static(args: argparse.Namespace) -> None:
+    from qtbench.static import score_static
+
+    score_static(args.method, args.model, args.data, args.options, args.out, model_entry=args.model_entry,
+                 data_cfg=args.data_config)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from qtbench import tracking
+    from qtbench.evaluate import evaluate, offline_environment
+
+    if Path(args.model_path).exists():
+        offline_environment()
+    record = evaluate(args.model_path, args.eval_config, args.out, tasks_dir=args.tasks_dir,
+                      model_entry=args.model_entry, meta=args.meta)
+    if args.wandb is not None and record:
+        meta = args.meta or {}
+        tracker = tracking.start_run(args.wandb, name=f"{meta.get('run_id', args.model_path)}/eval",
+                                     group=args.experiment, job_type="eval", config={"meta": meta, "eval": args.eval_config},
+                                     tags=[str(meta.get(k)) for k in ("method", "budget", "model") if meta.get(k)],
+                                     directory=args.wandb_dir)
+        tracker.summary({f"eval/{task}/{metric}": s["value"] for task, ms in record["scores"].items() for metric, s in ms.items()})
+        tracker.finish()
+    for task, metrics in record.get("scores", {}).items():
+        print(task, {k: round(v["value"], 4) for k, v in metrics.items()})
+
+
+def cmd_aggregate(args: argparse.Namespace) -> None:
+    from qtbench import tracking
+    from qtbench.tables import aggregate
+
+    tables = aggregate(args.evals, args.tasks, args.out)
+    print(tables["comparison"].drop(columns=["r_s", "r_t", "total_budget"]).to_string(index=False, float_format="%.2f"))
+    if args.wandb is not None:
+        tracker = tracking.start_run(args.wandb, name=f"{args.experiment}/summary", group=args.experiment,
+                                     job_type="aggregate", config={"tasks": args.tasks}, tags=["summary"],
+                                     directory=args.wandb_dir)
+        tracker.log_table("comparison", tables["comparison"])
+        tracker.log_table("long", tables["long"])
+        tracker.finish()
+
+
+def cmd_validate_config(args: argparse.Namespace) -> None:
+    from qtbench.config import expand_runs, load_config
+
+    config = load_config(args.config)
+    runs = expand_runs(config)
+    print(f"{args.config}: valid; {len(runs)} training run(s)")
+    for run in runs:
+        print("  " + run.run_id)
+
+
+def cmd_methods(args: argparse.Namespace) -> None:
+    from qtbench.pruning import registered_names
+
+    for kind, names in registered_names().items():
+        print(f"{kind}: {', '.join(names) or '-'}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="qtbench", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("world", help="build the synthetic world (data, corpus, lm-eval tasks)")
+    p.add_argument("--options", type=_json, default={}, help="world options (JSON)")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_world)
+
+    p = sub.add_parser("pretrain", help="train the world's tokenizer and tiny base model")
+    p.add_argument("--world", required=True)
+    p.add_argument("--options", type=_json, default={})
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_pretrain)
+
+    p = sub.add_parser("train", help="fine-tune one run (model x method x budget x seed)")
+    p.add_argument("--run-config", type=_json, required=True, help="qtbench.config.train_config(...) as JSON")
+    p.add_argument("--base-model", required=True)
+    p.add_argument("--data", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--static-scores")
+    p.add_argument("--reference-model")
+    p.add_argument("--state-dir")
+    p.add_argument("--wandb-dir")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("score-static", help="score a data set once for a static sample pruner")
+    p.add_argument("--method", required=True)
+    p.add_argument("--model", required=True)
+    p.add_argument("--data", required=True)
+    p.add_argument("--options", type=_json, default={})
+    p.add_argument("--model-entry", type=_json, default={})
+    p.add_argument("--data-config", type=_json, default={}, help="the config's data section (JSON)")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_score_static)
+
+    p = sub.add_parser("evaluate", help="lm-eval a checkpoint on the configured tasks")
+    p.add_argument("--model-path", required=True)
+    p.add_argument("--eval-config", type=_json, required=True)
+    p.add_argument("--tasks-dir")
+    p.add_argument("--model-entry", type=_json, default={})
+    p.add_argument("--meta", type=_json, default={})
+    p.add_argument("--wandb", type=_json)
+    p.add_argument("--wandb-dir")
+    p.add_argument("--experiment", default="qtbench")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("aggregate", help="collect evaluation records into tables")
+    p.add_argument("--evals", nargs="+", required=True)
+    p.add_argument("--tasks", type=_json, required=True, help="the config's eval.tasks (JSON)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--wandb", type=_json)
+    p.add_argument("--wandb-dir")
+    p.add_argument("--experiment", default="qtbench")
+    p.set_defaults(func=cmd_aggregate)
+
+    p = sub.add_parser("validate-config", help="validate a config file and list its runs")
+    p.add_argument("config")
+    p.set_defaults(func=cmd_validate_config)
+
+    p = sub.add_parser("methods", help="list registered methods")
+    p.set_defaults(func=cmd_methods)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        args.func(args)
+    except (ValueError, FileNotFoundError, KeyError) as exc:
+        print(f"qtbench {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,74 @@
+"""Loading models and tokenizers safely, from a Hugging Face id or a local path.
+
+Weights are read as safetensors only (``use_safetensors=True``) and
+``trust_remote_code`` is whatever the config says for that model (default
+false).  On CPU models run in fp32; on CUDA ``dtype: auto`` means bf16.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+log = logging.getLogger(__name__)
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
+    return _DTYPES[name]
+
+
+def check_model_path(path: str) -> None:
+    """Fail early, naming the path, when a local model folder has no weights."""
+    local = Path(path)
+    if local.exists():
+        if not local.is_dir():
+            raise FileNotFoundError(f"model path {local} is a file; expected a save_pretrained folder")
+        if not any(local.glob("*.safetensors")):
+            found = sorted(p.name for p in local.iterdir())[:10]
+            raise FileNotFoundError(f"model folder {local} has no *.safetensors weights (found: {found})")
+
+
+def load_tokenizer(path: str, entry: Mapping[str, Any] | None = None) -> Any:
+    from transformers import AutoTokenizer
+
+    entry = entry or {}
+    tokenizer = AutoTokenizer.from_pretrained(
+        path, revision=entry.get("revision"), trust_remote_code=bool(entry.get("trust_remote_code", False))
+    )
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(path: str, entry: Mapping[str, Any] | None = None, device: str | torch.device = "auto") -> Any:
+    """A causal LM in train-ready form (SDPA attention where supported)."""
+    from transformers import AutoModelForCausalLM
+
+    entry = entry or {}
+    device = resolve_device(device) if isinstance(device, str) else device
+    check_model_path(path)
+    model = AutoModelForCausalLM.from_pretrained(
+        path,
+        revision=entry.get("revision"),
+        trust_remote_code=bool(entry.get("trust_remote_code", False)),
+        dtype=resolve_dtype(entry.get("dtype", "auto"), device),
+        use_safetensors=True,
+    )
+    return model.to(device)
+
+
+def count_parameters(model: Any) -> int:
+    return sum(p.numel() for p in model.parameters())

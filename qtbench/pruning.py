@@ -1,0 +1,516 @@
+"""The one interface every data-pruning method implements.
+
+The paper frames all pruning as a pair (Psi, Phi): a sample pruner and a token
+pruner applied to each mini-batch.  qtbench makes that the only interface:
+
+* :class:`BatchStats` - what the model being trained says about a micro-batch
+  (per-token NLL and predictive entropy, masks), computed once under no-grad.
+* :class:`Budget` - the nominal ratios ``r_s`` (samples) and ``r_t`` (tokens).
+* :class:`Selection` - which samples and which loss positions carry loss, and
+  a per-sample loss weight (InfoBatch's 1/r rescaling).
+* :class:`Method` - the object the trainer talks to.  It never knows which
+  method runs: per epoch it may ask :meth:`Method.plan_epoch` for a subset of
+  the data (epoch-level and static pruners), per step it calls
+  :meth:`Method.select`, and after the update :meth:`Method.observe` hands back
+  the per-sample losses (loss histories).
+
+Alignment convention (the same as Hugging Face's causal-LM loss and the Q-Tuning
+authors' code): every ``[B, T]`` tensor here is indexed by *loss position*.
+Column ``j`` is the model's output at input position ``j``, which predicts input
+token ``j + 1``; so ``nll[:, j] = -log p(x_{j+1} | x_{<=j})`` and
+``response_mask[:, j]`` is true when ``labels[:, j + 1] != -100``.  For an input of
+length ``L`` the tensors have ``T = L - 1`` columns (``shift_labels``).
+
+Sample pruners and token pruners register themselves by name
+(:func:`register_sample_pruner`, :func:`register_token_pruner`); a method name in
+the config is ``q_tuning``, ``full``, ``<sample>``, ``<token>`` or
+``<sample>+<token>`` and :func:`build_method` turns it into a :class:`Method`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, Iterable, Mapping
+
+import torch
+
+Tensor = torch.Tensor
+
+#: Statistics a method can ask the stats pass for (see ``qtbench.stats``).
+KNOWN_STATS = frozenset({"nll", "entropy", "el2n", "ref_nll", "base_nll", "attention_received"})
+
+
+# --------------------------------------------------------------------------- budget
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Nominal budget of a run: keep ``sample_ratio`` of the samples and, inside
+    them, ``token_ratio`` of the response tokens.  Both lie in (0, 1]."""
+
+    sample_ratio: float = 1.0
+    token_ratio: float = 1.0
+
+    def __post_init__(self) -> None:
+        for name in ("sample_ratio", "token_ratio"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and 0.0 < float(value) <= 1.0):
+                raise ValueError(f"budget {name} must lie in (0, 1], got {value!r}")
+
+    @property
+    def total(self) -> float:
+        """Nominal share of the response tokens that carry loss: r_s * r_t."""
+        return self.sample_ratio * self.token_ratio
+
+    def keep_count(self, batch_size: int) -> int:
+        """K = max(1, round(B * r_s)): samples a per-batch sample pruner keeps.
+
+        Python's ``round`` rounds half to even, like ``numpy.round`` in the
+        authors' code (B=4, r_s=0.125 -> round(0.5) = 0 -> K = 1)."""
+        return max(1, int(round(batch_size * self.sample_ratio)))
+
+
+# --------------------------------------------------------------------------- stats
+
+
+@dataclass
+class BatchStats:
+    """Per-token statistics of one micro-batch under the model being trained.
+
+    Build it from plain tensors with :meth:`from_tensors`; no model is needed,
+    which is what makes every pruning decision a pure, testable function.
+    All ``[B, T]`` tensors use the loss-position alignment of the module
+    docstring.  ``extras`` holds optional statistics a method asked for
+    (``ref_nll``/``base_nll`` under another model, ``el2n`` per token,
+    ``attention_received`` from the final layer), each ``[B, T]``.
+    """
+
+    nll: Tensor
+    entropy: Tensor
+    response_mask: Tensor
+    attention_mask: Tensor
+    sample_ids: Tensor
+    step: int = 0
+    epoch: int = 0
+    extras: dict[str, Tensor] = field(default_factory=dict)
+
+    @classmethod
+    def from_tensors(
+        cls,
+        nll: Any,
+        entropy: Any,
+        response_mask: Any,
+        attention_mask: Any | None = None,
+        sample_ids: Any | None = None,
+        step: int = 0,
+        epoch: int = 0,
+        **extras: Any,
+    ) -> "BatchStats":
+        """Build stats from array-likes (lists, numpy arrays or tensors)."""
+        nll_t = torch.as_tensor(nll, dtype=torch.float64 if _is_f64(nll) else torch.float32)
+        entropy_t = torch.as_tensor(entropy, dtype=nll_t.dtype)
+        response_t = torch.as_tensor(response_mask).bool()
+        attention_t = response_t.clone() if attention_mask is None else torch.as_tensor(attention_mask).bool()
+        if nll_t.dim() != 2:
+            raise ValueError(f"nll must be [B, T], got shape {tuple(nll_t.shape)}")
+        shape = nll_t.shape
+        for name, tensor in (("entropy", entropy_t), ("response_mask", response_t), ("attention_mask", attention_t)):
+            if tensor.shape != shape:
+                raise ValueError(f"{name} has shape {tuple(tensor.shape)}, expected {tuple(shape)} like nll")
+        if bool((response_t & ~attention_t).any()):
+            raise ValueError("response_mask marks positions that attention_mask does not")
+        ids = torch.arange(shape[0]) if sample_ids is None else torch.as_tensor(sample_ids, dtype=torch.long)
+        extra_t = {}
+        for name, value in extras.items():
+            if name not in KNOWN_STATS:
+                raise ValueError(f"unknown statistic {name!r}; known: {sorted(KNOWN_STATS)}")
+            extra_t[name] = torch.as_tensor(value, dtype=nll_t.dtype)
+            if extra_t[name].shape != shape:
+                raise ValueError(f"{name} has shape {tuple(extra_t[name].shape)}, expected {tuple(shape)}")
+        return cls(nll_t, entropy_t, response_t, attention_t, ids, step, epoch, extra_t)
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.nll.shape[0])
+
+    def response_counts(self) -> Tensor:
+        """Response tokens per sample, [B] (long)."""
+        return self.response_mask.sum(dim=1)
+
+    def sample_mean_loss(self) -> Tensor:
+        """Mean NLL over each sample's response tokens, [B] (0 for none)."""
+        return masked_mean(self.nll, self.response_mask)
+
+    def sample_ppl(self) -> Tensor:
+        """Response perplexity exp(mean response NLL): the EU plane's error axis."""
+        return torch.exp(self.sample_mean_loss())
+
+    def sample_mean_entropy(self, over: str = "response") -> Tensor:
+        """Mean predictive entropy per sample: the EU plane's uncertainty axis.
+
+        ``over="response"`` averages over response loss positions (the paper's
+        formula); ``over="all"`` over every attended loss position, prompt
+        included (the authors' code: ``attention_mask[:, 1:]``)."""
+        if over == "response":
+            return masked_mean(self.entropy, self.response_mask)
+        if over == "all":
+            return masked_mean(self.entropy, self.attention_mask)
+        raise ValueError(f"entropy_over must be 'response' or 'all', got {over!r}")
+
+    def take(self, rows: Tensor) -> "BatchStats":
+        """The stats of a subset of rows (a bool mask or indices)."""
+        return BatchStats(
+            self.nll[rows], self.entropy[rows], self.response_mask[rows], self.attention_mask[rows],
+            self.sample_ids[rows], self.step, self.epoch, {k: v[rows] for k, v in self.extras.items()},
+        )
+
+
+def _is_f64(value: Any) -> bool:
+    dtype = getattr(value, "dtype", None)
+    return dtype is not None and str(dtype) in ("float64", "torch.float64")
+
+
+def masked_mean(values: Tensor, mask: Tensor) -> Tensor:
+    """Row-wise mean of ``values`` where ``mask`` holds; 0 for an empty row."""
+    mask_f = mask.to(values.dtype)
+    return (values * mask_f).sum(dim=1) / mask_f.sum(dim=1).clamp_min(1.0)
+
+
+# --------------------------------------------------------------------------- selection
+
+
+@dataclass
+class Selection:
+    """What one step trains on.
+
+    ``sample_keep [B]`` - samples that enter the backward pass;
+    ``token_keep [B, T]`` - loss positions that carry loss (always a subset of
+    the response mask and of the kept samples); ``sample_weight [B]`` - a loss
+    weight per sample (1 unless a method rescales, e.g. InfoBatch);
+    ``trace`` - numbers the method wants in the per-step trace (thresholds,
+    quadrant counts), JSON-serialisable scalars only.
+    """
+
+    sample_keep: Tensor
+    token_keep: Tensor
+    sample_weight: Tensor
+    trace: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def keep_all(cls, stats_or_masks: "BatchStats | Tensor") -> "Selection":
+        response = stats_or_masks.response_mask if isinstance(stats_or_masks, BatchStats) else stats_or_masks
+        batch = response.shape[0]
+        return cls(torch.ones(batch, dtype=torch.bool), response.clone().bool(), torch.ones(batch))
+
+
+# --------------------------------------------------------------------------- methods
+
+
+@dataclass
+class EpochPlan:
+    """Which data-set indices an epoch iterates, and with which loss weights.
+
+    Returned by epoch-level and static sample pruners (fewer optimizer steps);
+    ``None`` from :meth:`Method.plan_epoch` means "every sample, weight 1"."""
+
+    indices: list[int]
+    weights: dict[int, float] = field(default_factory=dict)
+    trace: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class DatasetInfo:
+    """What epoch-level and static pruners may know about the training set.
+
+    ``records`` are the raw SFT records (dicts with at least ``instruction``,
+    ``input``, ``output``); ``response_lengths`` counts response tokens after
+    tokenisation; ``static_scores`` is the cached output of a static scoring
+    rule when the method has one (one float per record)."""
+
+    records: list[dict]
+    response_lengths: list[int]
+    static_scores: list[float] | None = None
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+
+class SamplePruner:
+    """Base class of sample-level methods.  Override what applies:
+
+    * ``plan_epoch`` for epoch-level or static pruning (fewer steps);
+    * ``select_samples`` for per-batch pruning (same steps, fewer samples);
+    * ``observe`` to receive each trained sample's mean loss (loss histories);
+    * ``state_dict``/``load_state_dict`` when the method keeps state, so that a
+      resumed run makes the same decisions.
+
+    ``required_stats`` names what ``select_samples`` reads from the stats pass;
+    an empty set means no stats pass is needed for this pruner.
+    """
+
+    name: ClassVar[str] = ""
+    required_stats: ClassVar[frozenset[str]] = frozenset()
+    #: True when the method scores data once before training (a Snakemake rule
+    #: caches the scores); the trainer then passes them in ``DatasetInfo``.
+    static: ClassVar[bool] = False
+
+    def __init__(self, budget: Budget, options: Mapping[str, Any] | None = None, seed: int = 0) -> None:
+        self.budget = budget
+        self.options = dict(options or {})
+        self.seed = seed
+
+    def plan_epoch(self, epoch: int, num_epochs: int, data: DatasetInfo) -> EpochPlan | None:
+        return None
+
+    def select_samples(self, stats: BatchStats) -> tuple[Tensor, Tensor, dict[str, Any]]:
+        """Return (keep [B] bool, weight [B] float, trace)."""
+        batch = stats.batch_size
+        return torch.ones(batch, dtype=torch.bool), torch.ones(batch), {}
+
+    def observe(self, sample_ids: Tensor, sample_losses: Tensor, epoch: int) -> None:
+        pass
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        pass
+
+
+class TokenPruner:
+    """Base class of token-level methods.
+
+    ``select_tokens`` gets the stats and the candidate loss positions
+    (``[B, T]`` bool: response tokens of kept samples only) and returns the
+    subset that keeps carrying loss.  It must never add a position that is not
+    a candidate; :class:`PairMethod` enforces that."""
+
+    name: ClassVar[str] = ""
+    required_stats: ClassVar[frozenset[str]] = frozenset()
+
+    def __init__(self, budget: Budget, options: Mapping[str, Any] | None = None, seed: int = 0) -> None:
+        self.budget = budget
+        self.options = dict(options or {})
+        self.seed = seed
+
+    def select_tokens(self, stats: BatchStats, candidates: Tensor) -> tuple[Tensor, dict[str, Any]]:
+        return candidates.clone(), {}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        pass
+
+
+class Method:
+    """What the trainer runs.  Subclasses: :class:`PairMethod` (every
+    baseline and ``full``) and Q-Tuning (``qtbench.qtuning``)."""
+
+    name: str = ""
+    required_stats: frozenset[str] = frozenset()
+
+    @property
+    def needs_stats_pass(self) -> bool:
+        return bool(self.required_stats)
+
+    @property
+    def static(self) -> bool:
+        return False
+
+    def plan_epoch(self, epoch: int, num_epochs: int, data: DatasetInfo) -> EpochPlan | None:
+        return None
+
+    def select(self, stats: BatchStats) -> Selection:
+        raise NotImplementedError
+
+    def select_without_stats(self, response_mask: Tensor) -> Selection:
+        """Selection for a method that needs no stats pass (keeps everything)."""
+        return Selection.keep_all(response_mask)
+
+    def observe(self, sample_ids: Tensor, sample_losses: Tensor, epoch: int) -> None:
+        pass
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        pass
+
+
+class _KeepAllSamples(SamplePruner):
+    name = "none"
+
+
+class _KeepAllTokens(TokenPruner):
+    name = "none"
+
+
+class PairMethod(Method):
+    """A (sample pruner, token pruner) pair, as every baseline row of the paper.
+
+    The sample pruner runs first; the token pruner sees only the kept samples'
+    response positions as candidates, so it can never revive a dropped sample
+    or a prompt token."""
+
+    def __init__(self, name: str, sample: SamplePruner, token: TokenPruner) -> None:
+        self.name = name
+        self.sample = sample
+        self.token = token
+        self.required_stats = frozenset(sample.required_stats | token.required_stats)
+
+    @property
+    def static(self) -> bool:
+        return self.sample.static
+
+    def plan_epoch(self, epoch: int, num_epochs: int, data: DatasetInfo) -> EpochPlan | None:
+        return self.sample.plan_epoch(epoch, num_epochs, data)
+
+    def select(self, stats: BatchStats) -> Selection:
+        keep, weight, trace = self.sample.select_samples(stats)
+        keep = keep.bool()
+        candidates = stats.response_mask & keep[:, None]
+        token_keep, token_trace = self.token.select_tokens(stats, candidates)
+        if bool((token_keep & ~candidates).any()):
+            raise RuntimeError(f"token pruner {self.token.name!r} kept a position that was not a candidate")
+        return Selection(keep, token_keep, weight.to(torch.float32), {**trace, **token_trace})
+
+    def observe(self, sample_ids: Tensor, sample_losses: Tensor, epoch: int) -> None:
+        self.sample.observe(sample_ids, sample_losses, epoch)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"sample": self.sample.state_dict(), "token": self.token.state_dict()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.sample.load_state_dict(state.get("sample", {}))
+        self.token.load_state_dict(state.get("token", {}))
+
+
+# --------------------------------------------------------------------------- registry
+
+SAMPLE_PRUNERS: dict[str, type[SamplePruner]] = {}
+TOKEN_PRUNERS: dict[str, type[TokenPruner]] = {}
+JOINT_METHODS: dict[str, Callable[..., Method]] = {}
+
+
+def register_sample_pruner(name: str) -> Callable[[type[SamplePruner]], type[SamplePruner]]:
+    """Class decorator: make a sample pruner available under ``name``."""
+    return _registrar(SAMPLE_PRUNERS, name, SamplePruner)
+
+
+def register_token_pruner(name: str) -> Callable[[type[TokenPruner]], type[TokenPruner]]:
+    """Class decorator: make a token pruner available under ``name``."""
+    return _registrar(TOKEN_PRUNERS, name, TokenPruner)
+
+
+def register_joint_method(name: str) -> Callable[[Callable[..., Method]], Callable[..., Method]]:
+    """Register a method that decides samples and tokens jointly (Q-Tuning).
+    The factory is called as ``factory(budget, options, seed)``."""
+
+    def decorate(factory: Callable[..., Method]) -> Callable[..., Method]:
+        _check_name(name)
+        JOINT_METHODS[name] = factory
+        return factory
+
+    return decorate
+
+
+def _registrar(table: dict, name: str, base: type) -> Callable:
+    def decorate(cls: type) -> type:
+        _check_name(name)
+        if not issubclass(cls, base):
+            raise TypeError(f"{cls.__name__} must subclass {base.__name__} to register as {name!r}")
+        if name in table and table[name] is not cls and table[name].__qualname__ != cls.__qualname__:
+            raise ValueError(f"{base.__name__} {name!r} is registered twice ({table[name].__module__}, {cls.__module__})")
+        cls.name = name
+        table[name] = cls
+        return cls
+
+    return decorate
+
+
+def _check_name(name: str) -> None:
+    if not name or not all(c.islower() or c.isdigit() or c == "_" for c in name) or not name[0].isalpha():
+        raise ValueError(f"method names are lower-case letters, digits and '_', got {name!r}")
+    if name in ("full", "none"):
+        raise ValueError(f"{name!r} is reserved")
+
+
+def load_registry() -> None:
+    """Import Q-Tuning and every module of the ``baselines`` package."""
+    import qtbench.qtuning  # noqa: F401  (registers q_tuning)
+    import baselines
+
+    baselines.discover()
+
+
+def registered_names() -> dict[str, list[str]]:
+    load_registry()
+    return {
+        "joint": sorted(JOINT_METHODS),
+        "sample": sorted(SAMPLE_PRUNERS),
+        "token": sorted(TOKEN_PRUNERS),
+    }
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """A parsed method name: which sample and token pruners, or a joint method."""
+
+    name: str
+    family: str  # "full", "joint", "sample", "token" or "pair"
+    sample: str = "none"
+    token: str = "none"
+
+
+def parse_method(name: str) -> MethodSpec:
+    """Resolve a config method name against the registry.
+
+    ``full`` keeps everything; a joint method's name stands alone; ``a+b`` is a
+    (sample, token) pair; a lone sample pruner gets token method ``none`` and a
+    lone token pruner sample method ``none``.  A name that is both a sample and
+    a token pruner (``random``) alone means the sample pruner: write
+    ``none+random`` for the token one."""
+    load_registry()
+    if name == "full":
+        return MethodSpec(name, "full")
+    if name in JOINT_METHODS:
+        return MethodSpec(name, "joint")
+    if "+" in name:
+        sample, _, token = name.partition("+")
+        if sample != "none" and sample not in SAMPLE_PRUNERS:
+            raise ValueError(_unknown("sample pruner", sample, name, SAMPLE_PRUNERS))
+        if token != "none" and token not in TOKEN_PRUNERS:
+            raise ValueError(_unknown("token pruner", token, name, TOKEN_PRUNERS))
+        if sample == "none" and token == "none":
+            return MethodSpec(name, "full")
+        family = "pair" if sample != "none" and token != "none" else ("sample" if token == "none" else "token")
+        return MethodSpec(name, family, sample, token)
+    if name in SAMPLE_PRUNERS:
+        return MethodSpec(name, "sample", sample=name)
+    if name in TOKEN_PRUNERS:
+        return MethodSpec(name, "token", token=name)
+    known = ["full", *sorted(JOINT_METHODS), *sorted(SAMPLE_PRUNERS), *sorted(TOKEN_PRUNERS)]
+    raise ValueError(f"unknown method {name!r}; registered methods: {', '.join(known)} (pairs as 'sample+token')")
+
+
+def _unknown(kind: str, part: str, name: str, table: Iterable[str]) -> str:
+    return f"unknown {kind} {part!r} in method {name!r}; registered {kind}s: {', '.join(sorted(table))}"
+
+
+def build_method(
+    name: str, budget: Budget, options: Mapping[str, Mapping[str, Any]] | None = None, seed: int = 0
+) -> Method:
+    """Instantiate the method a config names.  ``options`` maps a pruner name to
+    its options (the config's ``methods_options`` section)."""
+    options = options or {}
+    spec = parse_method(name)
+    if spec.family == "joint":
+        return JOINT_METHODS[name](budget, options.get(name, {}), seed)
+    sample_cls = SAMPLE_PRUNERS.get(spec.sample, _KeepAllSamples)
+    token_cls = TOKEN_PRUNERS.get(spec.token, _KeepAllTokens)
+    return PairMethod(
+        name,
+        sample_cls(budget, options.get(spec.sample, {}), seed),
+        token_cls(budget, options.get(spec.token, {}), seed),
+    )

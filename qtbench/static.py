@@ -1,0 +1,43 @@
+"""Static scoring: a sample pruner that scores the data once before training.
+
+The ``static_scores`` Snakemake rule calls :func:`score_static`; the scores are
+cached per model x data set x method and handed to the pruner's
+``plan_epoch`` through ``DatasetInfo.static_scores``.  A static pruner's module
+provides ``static_scores(records, model, tokenizer, options) -> list[float]``;
+methods that need no model (lengths, character entropy) ignore it.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any, Mapping
+
+from qtbench.io import write_json_atomic
+from qtbench.pruning import SAMPLE_PRUNERS, load_registry
+from qtbench.sft_data import load_records
+
+
+def score_static(method: str, model_path: str, data: str, options: Mapping[str, Any], out: str | Path,
+                 model_entry: Mapping[str, Any] | None = None, data_cfg: Mapping[str, Any] | None = None) -> list[float]:
+    load_registry()
+    if method not in SAMPLE_PRUNERS or not SAMPLE_PRUNERS[method].static:
+        static = sorted(name for name, cls in SAMPLE_PRUNERS.items() if cls.static)
+        raise ValueError(f"{method!r} is not a static sample pruner; static ones: {static}")
+    module = importlib.import_module(SAMPLE_PRUNERS[method].__module__)
+    scorer = getattr(module, "static_scores", None)
+    if scorer is None:
+        raise ValueError(f"module {module.__name__} registers static pruner {method!r} but defines no static_scores()")
+    data_cfg = dict(data_cfg or {})
+    records, _ = load_records(data, data_cfg.get("format", "auto"), data_cfg.get("split", "train"),
+                              data_cfg.get("revision"), data_cfg.get("on_bad_record", "skip"), data_cfg.get("max_records"))
+    from qtbench.models import load_model, load_tokenizer
+
+    proxy = options.get("proxy") or model_path
+    tokenizer = load_tokenizer(proxy, model_entry)
+    model = load_model(proxy, model_entry).eval()
+    scores = [float(s) for s in scorer(records, model, tokenizer, dict(options))]
+    if len(scores) != len(records):
+        raise ValueError(f"{method}: static_scores returned {len(scores)} scores for {len(records)} records")
+    write_json_atomic(out, {"method": method, "model": str(proxy), "data": str(data), "n": len(scores), "scores": scores})
+    return scores

@@ -1,0 +1,432 @@
+"""SFT with a pruning method in the loop: stats pass -> select -> masked update.
+
+The trainer never knows which method runs.  Per optimizer step it takes a
+window of ``grad_accum`` micro-batches and, for each micro-batch:
+
+1. asks the method for a :class:`~qtbench.pruning.Selection` - after a no-grad
+   stats pass when the method needs statistics (``full`` needs none);
+2. gathers the kept samples into a smaller batch (dropped samples cost no
+   forward/backward), trims padding, sets labels to -100 where ``token_keep``
+   is false, and back-propagates the kept tokens' cross-entropy.
+
+Loss normalisation: the sum of kept-token cross-entropies (times each sample's
+weight) divided by the number of kept tokens in the whole accumulation window,
+so ``grad_accum=2, micro_batch=2`` equals ``grad_accum=1, micro_batch=4`` when
+nothing is pruned.  (The authors' code averages per micro-batch; with
+``grad_accum=1`` the two agree.)
+
+Every micro-batch appends a row to ``trace.jsonl`` (kept samples and tokens,
+the method's thresholds and quadrant counts); ``train_summary.json`` holds the
+totals and the *effective* budget.  A resumable checkpoint (weights,
+optimizer, scheduler, RNG, data position, method state, trace length) is
+written atomically every ``checkpoint_every`` steps into the state folder, and
+a restarted job continues from it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import qtbench
+from qtbench import tracking
+from qtbench.data import IGNORE_INDEX, collate, tokenize_records
+from qtbench.io import atomic_directory, read_json, write_json_atomic
+from qtbench.models import count_parameters, load_model, load_tokenizer, resolve_device
+from qtbench.pruning import Budget, DatasetInfo, EpochPlan, Selection, build_method
+from qtbench.sft_data import load_records
+from qtbench.stats import compute_batch_stats
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "trainer_state.pt"
+
+
+# --------------------------------------------------------------------------- data order
+
+
+def epoch_order(indices: list[int], seed: int, epoch: int, micro_batch: int,
+                lengths: list[int] | None = None) -> list[list[int]]:
+    """Micro-batches of one epoch: a seeded shuffle, or with ``lengths`` a
+    bucketing shuffle (sort chunks of 50 micro-batches by length, shuffle the
+    batch order) that cuts padding while keeping batches random."""
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    perm = [indices[i] for i in torch.randperm(len(indices), generator=generator).tolist()]
+    if lengths is not None:
+        chunk = micro_batch * 50
+        perm = [i for start in range(0, len(perm), chunk)
+                for i in sorted(perm[start:start + chunk], key=lambda j: lengths[j])]
+    batches = [perm[i:i + micro_batch] for i in range(0, len(perm), micro_batch)]
+    if lengths is not None:
+        order = torch.randperm(len(batches), generator=generator).tolist()
+        batches = [batches[i] for i in order]
+    return batches
+
+
+# --------------------------------------------------------------------------- state
+
+
+@dataclass
+class Counters:
+    """Running totals that make the effective budget and FLOPs."""
+
+    optimizer_steps: int = 0
+    micro_batches: int = 0
+    samples_seen: int = 0
+    samples_trained: int = 0
+    response_tokens_seen: int = 0
+    loss_tokens: int = 0
+    input_tokens_seen: int = 0
+    input_tokens_trained: int = 0
+    input_tokens_scored: int = 0
+    empty_micro_batches: int = 0
+    loss_sum: float = 0.0
+    last_loss: float = float("nan")
+    trace_rows: int = 0
+    wall_time_s: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class Position:
+    epoch: int = 0
+    window: int = 0
+    plan: EpochPlan | None = None
+    planned_epoch: int | None = None  # the epoch that ``plan`` belongs to
+    counters: Counters = field(default_factory=Counters)
+
+
+def _rng_state() -> dict[str, Any]:
+    return {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+
+
+def _set_rng_state(state: Mapping[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+
+
+def save_checkpoint(state_dir: Path, model: Any, optimizer: Any, scheduler: Any, method: Any,
+                    position: Position) -> None:
+    """Write the resumable state atomically (a folder renamed into place)."""
+    target = state_dir / "checkpoint"
+    with atomic_directory(target) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        plan = position.plan
+        torch.save(
+            {
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "rng": _rng_state(),
+                "epoch": position.epoch,
+                "window": position.window,
+                "plan": None if plan is None else {"indices": plan.indices, "weights": plan.weights, "trace": plan.trace},
+                "planned_epoch": position.planned_epoch,
+                "counters": position.counters.as_dict(),
+                "method": method.state_dict(),
+            },
+            tmp / STATE_FILE,
+        )
+
+
+def load_checkpoint(state_dir: Path) -> tuple[Path, dict[str, Any]] | None:
+    target = state_dir / "checkpoint"
+    if not (target / STATE_FILE).exists():
+        return None
+    # weights_only=False is needed for Python's RNG state tuple; the file is
+    # our own, written by save_checkpoint into the run's private state folder.
+    state = torch.load(target / STATE_FILE, map_location="cpu", weights_only=False)
+    return target, state
+
+
+# --------------------------------------------------------------------------- the step
+
+
+def _trim(batch: dict[str, torch.Tensor], rows: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Rows of a right-padded batch, cut to their longest attended length."""
+    sub = {k: v[rows] for k, v in batch.items()}
+    width = int(sub["attention_mask"].sum(dim=1).max())
+    return {k: v[:, :width] for k, v in sub.items()}
+
+
+def masked_token_losses(model: Any, batch: dict[str, torch.Tensor], token_keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample summed cross-entropy over kept loss positions, and their counts."""
+    labels = batch["labels"][:, 1:].clone()
+    keep = token_keep[:, : labels.shape[1]].to(labels.device)
+    labels[~keep] = IGNORE_INDEX
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
+    logits = logits[:, :-1]
+    ce = F.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), ignore_index=IGNORE_INDEX, reduction="none"
+    ).view(labels.shape)
+    return ce.sum(dim=1), (labels != IGNORE_INDEX).sum(dim=1)
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+def train(
+    cfg: Mapping[str, Any],
+    out_dir: str | Path,
+    base_model: str,
+    data: str,
+    *,
+    static_scores: str | Path | None = None,
+    reference_model: str | None = None,
+    state_dir: str | Path | None = None,
+    wandb_dir: str | Path | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Fine-tune ``base_model`` on ``data`` with the run's method; write the
+    checkpoint folder ``out_dir`` (model, tokenizer, train_summary.json,
+    trace.jsonl) and return the summary."""
+    started = time.time()
+    out_dir = Path(out_dir)
+    state_dir = Path(state_dir) if state_dir else out_dir.with_name(out_dir.name + ".state")
+    run, tcfg, entry = cfg["run"], cfg["train"], cfg["model"]
+    seed = int(run["seed"])
+    device = resolve_device("auto")
+    if device.type == "cpu":
+        torch.set_num_threads(int(tcfg.get("threads", 1)))
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+    tokenizer = load_tokenizer(base_model, entry)
+    dcfg = cfg["data"]
+    records, report = load_records(data, dcfg.get("format", "auto"), dcfg.get("split", "train"),
+                                   dcfg.get("revision"), dcfg.get("on_bad_record", "skip"), dcfg.get("max_records"))
+    examples = tokenize_records(records, tokenizer, int(tcfg["max_length"]), bool(entry.get("chat_template", False)))
+    truncated = sum(e.truncated for e in examples)
+    if truncated:
+        log.warning("%d of %d records were longer than max_length=%d and were truncated", truncated, len(examples), tcfg["max_length"])
+    lengths = [len(e.input_ids) for e in examples]
+    scores = None if static_scores is None else [float(s) for s in read_json(static_scores)["scores"]]
+    if scores is not None and len(scores) != len(records):
+        raise ValueError(f"{static_scores}: {len(scores)} scores for {len(records)} records")
+    info = DatasetInfo(records, [e.response_length for e in examples], scores)
+
+    budget = Budget(float(run["r_s"]), float(run["r_t"]))
+    method = build_method(run["method"], budget, cfg.get("method_options", {}), seed)
+    model = load_model(base_model, entry, device)
+    model.train()
+    required = method.required_stats
+    ref = load_model(reference_model, entry, device).eval() if "ref_nll" in required else None
+    if "ref_nll" in required and reference_model is None:
+        raise ValueError(f"method {run['method']!r} needs a reference model (models.{entry['name']}.reference)")
+    frozen_base = load_model(base_model, entry, device).eval() if "base_nll" in required else None
+    if "attention_received" in required:
+        model.set_attn_implementation("eager")
+
+    epochs, micro, accum = int(tcfg["epochs"]), int(tcfg["micro_batch_size"]), int(tcfg["grad_accum"])
+    first_plan = method.plan_epoch(0, epochs, info)
+    per_epoch = len(first_plan.indices) if first_plan is not None else len(examples)
+    total_steps = math.ceil(math.ceil(per_epoch / micro) / accum) * epochs
+    if tcfg.get("max_steps"):
+        total_steps = min(total_steps, int(tcfg["max_steps"]))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=float(tcfg["lr"]), weight_decay=float(tcfg["weight_decay"]))
+    from transformers import get_cosine_schedule_with_warmup
+
+    scheduler = get_cosine_schedule_with_warmup(optimizer, round(float(tcfg["warmup_ratio"]) * total_steps), max(total_steps, 1))
+
+    position = Position(plan=first_plan, planned_epoch=0)
+    trace_path = state_dir / "trace.jsonl"
+    resumed = load_checkpoint(state_dir)
+    if resumed is not None:
+        ckpt_dir, state = resumed
+        from safetensors.torch import load_file
+
+        weights = {}
+        for shard in sorted(ckpt_dir.glob("*.safetensors")):
+            weights.update(load_file(shard, device=str(device)))
+        model.load_state_dict(weights, strict=False)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        method.load_state_dict(state["method"])
+        _set_rng_state(state["rng"])
+        plan = state["plan"]
+        position = Position(state["epoch"], state["window"],
+                            None if plan is None else EpochPlan(plan["indices"], {int(k): v for k, v in plan["weights"].items()}, plan["trace"]),
+                            state["planned_epoch"], Counters(**state["counters"]))
+        _truncate_lines(trace_path, position.counters.trace_rows)
+        log.info("resumed %s at epoch %d, step %d", run["run_id"], position.epoch, position.counters.optimizer_steps)
+    else:
+        if state_dir.exists():
+            shutil.rmtree(state_dir)
+        state_dir.mkdir(parents=True)
+
+    tracker = tracking.start_run(
+        cfg.get("wandb", {}), name=run["run_id"], group=cfg.get("experiment", "qtbench"), job_type="train",
+        config=dict(cfg), tags=[run["method"], run["budget"], run["model"], f"total={run['total']}"], directory=wandb_dir,
+    )
+    counters = position.counters
+    counters_start_time = counters.wall_time_s
+    bar = _progress(total_steps, counters.optimizer_steps, run["run_id"], progress)
+    done = counters.optimizer_steps >= total_steps
+    with trace_path.open("a", encoding="utf-8") as trace:
+        for epoch in range(position.epoch, epochs):
+            if done:
+                break
+            if position.planned_epoch != epoch:
+                position.plan, position.planned_epoch = method.plan_epoch(epoch, epochs, info), epoch
+            plan = position.plan
+            indices = plan.indices if plan is not None else list(range(len(examples)))
+            weights = plan.weights if plan is not None else {}
+            batches = epoch_order(indices, seed, epoch, micro, lengths if tcfg.get("bucket_by_length") else None)
+            windows = [batches[i:i + accum] for i in range(0, len(batches), accum)]
+            start_window = position.window if epoch == position.epoch else 0
+            position.epoch = epoch
+            for w in range(start_window, len(windows)):
+                loss = _train_window(model, method, windows[w], examples, weights, tokenizer, device, tcfg,
+                                     epoch, counters, trace, ref, frozen_base)
+                if tcfg.get("max_grad_norm"):
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), float(tcfg["max_grad_norm"]))
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                counters.optimizer_steps += 1
+                counters.last_loss = loss
+                counters.wall_time_s = counters_start_time + (time.time() - started)
+                position.window = w + 1
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{loss:.3f}")
+                if counters.optimizer_steps % int(tcfg["log_every"]) == 0:
+                    tracker.log({"train/loss": loss, "train/lr": scheduler.get_last_lr()[0],
+                                 "train/samples_trained": counters.samples_trained,
+                                 "train/loss_tokens": counters.loss_tokens, "epoch": epoch},
+                                step=counters.optimizer_steps)
+                every = int(tcfg.get("checkpoint_every") or 0)
+                if every and counters.optimizer_steps % every == 0 and counters.optimizer_steps < total_steps:
+                    trace.flush()
+                    save_checkpoint(state_dir, model, optimizer, scheduler, method, position)
+                if counters.optimizer_steps >= total_steps:
+                    done = True
+                    break
+            position.epoch, position.window = epoch + 1, 0
+    if bar is not None:
+        bar.close()
+
+    counters.wall_time_s = counters_start_time + (time.time() - started)
+    summary = _summary(cfg, counters, examples, epochs, model, report, truncated, total_steps)
+    with atomic_directory(out_dir) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        shutil.copyfile(trace_path, tmp / "trace.jsonl")
+        write_json_atomic(tmp / "train_summary.json", summary)
+        write_json_atomic(tmp / "data_report.json", report.as_dict())
+    tracker.summary({f"train/{k}": v for k, v in summary.items() if isinstance(v, (int, float))})
+    tracker.finish()
+    shutil.rmtree(state_dir, ignore_errors=True)
+    return summary
+
+
+def _train_window(model, method, window, examples, plan_weights, tokenizer, device, tcfg, epoch,
+                  counters: Counters, trace, ref, frozen_base) -> float:
+    """Select inside each micro-batch of the window, then back-propagate the kept tokens."""
+    pad = tokenizer.pad_token_id
+    selected = []
+    for batch_indices in window:
+        batch = {k: v.to(device) for k, v in collate([examples[i] for i in batch_indices], pad).items()}
+        ids = torch.tensor(batch_indices)
+        response = batch["labels"][:, 1:] != IGNORE_INDEX
+        if method.needs_stats_pass:
+            stats = compute_batch_stats(model, batch, method.required_stats, ids, counters.optimizer_steps, epoch,
+                                        ref, frozen_base, int(tcfg.get("stats_chunk", 128)))
+            selection = method.select(stats)
+            counters.input_tokens_scored += int(batch["attention_mask"].sum())
+        else:
+            selection = method.select_without_stats(response.cpu())
+        if plan_weights:
+            selection.sample_weight = selection.sample_weight * torch.tensor([plan_weights.get(i, 1.0) for i in batch_indices])
+        selected.append((batch, ids, response, selection))
+    window_tokens = sum(int((s.token_keep & s.sample_keep[:, None]).sum()) for *_, s in selected)
+    total = 0.0
+    for batch, ids, response, selection in selected:
+        keep_rows = selection.sample_keep.nonzero().squeeze(1)
+        row = {"step": counters.optimizer_steps, "micro_batch": counters.micro_batches, "epoch": epoch,
+               "batch_size": len(ids), "response_tokens": int(response.sum()),
+               "samples_kept": int(keep_rows.numel()), "response_tokens_kept": 0, "loss": None}
+        counters.micro_batches += 1
+        counters.samples_seen += len(ids)
+        counters.response_tokens_seen += int(response.sum())
+        counters.input_tokens_seen += int(batch["attention_mask"].sum())
+        if keep_rows.numel() == 0 or window_tokens == 0:
+            counters.empty_micro_batches += 1
+        else:
+            sub = _trim(batch, keep_rows.to(device))
+            token_keep = selection.token_keep[keep_rows].to(device)
+            sums, counts = masked_token_losses(model, sub, token_keep)
+            weight = selection.sample_weight[keep_rows].to(device=device, dtype=sums.dtype)
+            loss = (sums * weight).sum() / window_tokens
+            loss.backward()
+            method.observe(ids[keep_rows], (sums / counts.clamp_min(1)).detach().cpu(), epoch)
+            kept_tokens = int(counts.sum())
+            total += float(loss.detach())
+            counters.samples_trained += int(keep_rows.numel())
+            counters.loss_tokens += kept_tokens
+            counters.input_tokens_trained += int(sub["attention_mask"].sum())
+            row.update(response_tokens_kept=kept_tokens, loss=float((sums.sum() / counts.sum().clamp_min(1)).detach()))
+        row.update({k: v for k, v in selection.trace.items()})
+        trace.write(json.dumps(row, sort_keys=True) + "\n")
+        counters.trace_rows += 1
+    counters.loss_sum += total
+    return total
+
+
+def _summary(cfg, counters: Counters, examples, epochs, model, report, truncated, total_steps) -> dict[str, Any]:
+    """Totals, the effective budget, and FLOPs relative to full data.
+
+    FLOPs use the usual 2N per token for a forward and 4N for a backward:
+    stats pass 2N x scored tokens, training 6N x trained tokens; full data is
+    6N x every token of every epoch."""
+    run = cfg["run"]
+    n_params = count_parameters(model)
+    all_tokens = sum(len(e.input_ids) for e in examples)
+    response_tokens = sum(e.response_length for e in examples)
+    flops = 2 * n_params * counters.input_tokens_scored + 6 * n_params * counters.input_tokens_trained
+    full_flops = 6 * n_params * all_tokens * epochs
+    return {
+        "qtbench_version": qtbench.__version__,
+        "run_id": run["run_id"], "model": run["model"], "method": run["method"], "budget": run["budget"],
+        "r_s": float(run["r_s"]), "r_t": float(run["r_t"]), "total_budget": float(run["total"]), "seed": run["seed"],
+        "epochs": epochs, "planned_steps": total_steps,
+        **{k: v for k, v in counters.as_dict().items() if k not in ("loss_sum", "trace_rows")},
+        "n_records": len(examples), "bad_records": len(report.bad), "truncated_records": truncated,
+        "n_params": n_params,
+        "effective_sample_fraction": counters.samples_trained / max(1, len(examples) * epochs),
+        "effective_token_fraction": counters.loss_tokens / max(1, response_tokens * epochs),
+        "flops": flops, "flops_full_data": full_flops, "flops_relative": flops / max(1, full_flops),
+        "mean_loss": counters.loss_sum / max(1, counters.optimizer_steps),
+    }
+
+
+def _truncate_lines(path: Path, keep: int) -> None:
+    if not path.exists():
+        return
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)[:keep]
+    path.write_text("".join(lines), encoding="utf-8")
+
+
+def _progress(total: int, initial: int, desc: str, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc=desc, file=sys.stderr, mininterval=2.0,
+                disable=os.environ.get("QTBENCH_NO_PROGRESS") == "1")

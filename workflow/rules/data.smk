@@ -1,0 +1,101 @@
+# Data and models that runs share: the synthetic world, its tiny base model,
+# the reference model of Rho-1/TokenCleaning, and cached static scores.
+
+
+rule world:
+    output:
+        sft=f"{R}/world/sft.jsonl",
+        meta=f"{R}/world/sft_meta.jsonl",
+        reference=f"{R}/world/reference.jsonl",
+        corpus=f"{R}/world/corpus.txt",
+        tasks=directory(f"{R}/world/tasks"),
+        summary=f"{R}/world/summary.json",
+    params:
+        options=as_arg(config["world"]),
+        out=f"{R}/world",
+        version=qtbench.__version__,
+    log:
+        f"{R}/logs/world.log",
+    conda:
+        "../../environment.yml"
+    shell:
+        "{QTBENCH} world --options {params.options} --out {params.out} > {log} 2>&1"
+
+
+rule base_model:
+    input:
+        corpus=f"{R}/world/corpus.txt",
+        sft=f"{R}/world/sft.jsonl",
+    output:
+        directory(f"{R}/models/{{model}}/base"),
+    params:
+        options=as_arg(config["pretrain"]),
+        world=f"{R}/world",
+        seed=config["seeds"][0],
+        version=qtbench.__version__,
+    threads: workflow.cores
+    log:
+        f"{R}/logs/base_model/{{model}}.log",
+    benchmark:
+        f"{R}/benchmarks/base_model/{{model}}.tsv"
+    conda:
+        "../../environment.yml"
+    shell:
+        "{QTBENCH} pretrain --world {params.world} --options {params.options} --seed {params.seed} "
+        "--threads {threads} --out {output} > {log} 2>&1"
+
+
+def reference_run_config(model):
+    """The reference model is `full` SFT of the base model on the clean reference split."""
+    run = qconfig.RunSpec(model, "full", "1", "1", 0).as_dict()
+    run["run_id"] = f"{model}/reference"
+    train = dict(config["train"], epochs=config["reference"]["epochs"], max_steps=None)
+    if config["reference"]["lr"]:
+        train["lr"] = config["reference"]["lr"]
+    return {"experiment": EXP, "run": run, "model": model_entry(model),
+            "data": dict(config["data"], max_records=None), "train": train, "method_options": {},
+            "wandb": {**config["wandb"], "mode": "disabled"}}
+
+
+rule reference_model:
+    input:
+        base=lambda wc: base_model_input(wc.model),
+        data=reference_data_path(),
+    output:
+        directory(f"{R}/models/{{model}}/reference"),
+    params:
+        run_config=lambda wc: as_arg(reference_run_config(wc.model)),
+        base=lambda wc: base_model_path(wc.model),
+    threads: config["train"]["threads"]
+    log:
+        f"{R}/logs/reference_model/{{model}}.log",
+    conda:
+        "../../environment.yml"
+    shell:
+        "{QTBENCH} train --run-config {params.run_config} --base-model {params.base} "
+        "--data {input.data} --out {output} > {log} 2>&1"
+
+
+rule static_scores:
+    input:
+        base=lambda wc: base_model_input(wc.model),
+        data=sft_data_input(),
+    output:
+        f"{R}/static/{{model}}/{{sample_method}}.json",
+    params:
+        model=lambda wc: base_model_path(wc.model),
+        data=sft_data_path(),
+        options=lambda wc: as_arg(config["method_options"].get(wc.sample_method, {})),
+        entry=lambda wc: as_arg(model_entry(wc.model)),
+        data_config=as_arg(config["data"]),
+        version=qtbench.__version__,
+    wildcard_constraints:
+        sample_method="[a-z][a-z0-9_]*",
+    threads: config["train"]["threads"]
+    log:
+        f"{R}/logs/static_scores/{{model}}/{{sample_method}}.log",
+    conda:
+        "../../environment.yml"
+    shell:
+        "{QTBENCH} score-static --method {wildcards.sample_method} --model {params.model} "
+        "--data {params.data} --options {params.options} --model-entry {params.entry} --data-config {params.data_config} --out {output} > {log} 2>&1"
