@@ -183,9 +183,16 @@ def validate_config(config: Mapping[str, Any], schema_path: Path | None = None) 
     errors = sorted(validator_cls(schema).iter_errors(resolved), key=lambda e: list(e.absolute_path))
     if errors:
         error = errors[0]
+        key = _error_key(error)
         if error.validator == "additionalProperties":
-            raise ConfigError(f"unknown config key {_error_key(error)!r}: {error.message}")
-        raise ConfigError(f"config key {_error_key(error)!r}: {error.message}")
+            raise ConfigError(f"unknown config key {key!r}: {error.message}")
+        if error.validator == "required":
+            missing = re.findall(r"'([^']+)' is a required property", error.message)
+            name = f"{key}.{missing[0]}" if key != "<top level>" and missing else (missing[0] if missing else key)
+            raise ConfigError(f"missing config key {name!r}")
+        if error.validator == "oneOf" and error.schema.get("description"):
+            raise ConfigError(f"config key {key!r}: {error.instance!r} is not {error.schema['description']}")
+        raise ConfigError(f"config key {key!r}: {error.message}")
     _check_semantics(resolved)
     return resolved
 

@@ -109,7 +109,7 @@ def to_alpaca(record: Any, fmt: str = "auto") -> dict[str, str]:
         raise DataError(f"record is {type(record).__name__}, expected an object")
     fmt = detect_format(record) if fmt == "auto" else fmt
     if fmt == "alpaca":
-        output_key = "output" if "output" in record else "response"
+        output_key = "response" if "response" in record and "output" not in record else "output"
         out = {"instruction": _text(record, "instruction"), "input": _text(record, "input", required=False),
                "output": _text(record, output_key)}
     elif fmt == "prompt_response":
