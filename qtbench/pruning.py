@@ -129,6 +129,14 @@ class BatchStats:
                 raise ValueError(f"{name} has shape {tuple(extra_t[name].shape)}, expected {tuple(shape)}")
         return cls(nll_t, entropy_t, response_t, attention_t, ids, step, epoch, extra_t)
 
+    @classmethod
+    def masks_only(cls, response_mask: Tensor, attention_mask: Tensor, sample_ids: Tensor,
+                   step: int = 0, epoch: int = 0) -> "BatchStats":
+        """Stats without a forward pass (zero NLL and entropy), for methods that
+        draw at random every step and read only the masks."""
+        zeros = torch.zeros(response_mask.shape)
+        return cls(zeros, zeros.clone(), response_mask.bool(), attention_mask.bool(), sample_ids, step, epoch, {})
+
     @property
     def batch_size(self) -> int:
         return int(self.nll.shape[0])
@@ -250,6 +258,9 @@ class SamplePruner:
 
     name: ClassVar[str] = ""
     required_stats: ClassVar[frozenset[str]] = frozenset()
+    #: True when ``select_samples`` must run every step even without statistics
+    #: (random draws); the trainer then passes masks-only stats.
+    needs_select: bool = False
     #: True when the method scores data once before training (a Snakemake rule
     #: caches the scores); the trainer then passes them in ``DatasetInfo``.
     static: ClassVar[bool] = False
@@ -287,6 +298,8 @@ class TokenPruner:
 
     name: ClassVar[str] = ""
     required_stats: ClassVar[frozenset[str]] = frozenset()
+    #: True when ``select_tokens`` must run every step even without statistics.
+    needs_select: bool = False
 
     def __init__(self, budget: Budget, options: Mapping[str, Any] | None = None, seed: int = 0) -> None:
         self.budget = budget
@@ -312,7 +325,13 @@ class Method:
 
     @property
     def needs_stats_pass(self) -> bool:
+        """A no-grad forward is needed before ``select``."""
         return bool(self.required_stats)
+
+    @property
+    def needs_select(self) -> bool:
+        """``select`` must run every step (masks-only stats when no pass is needed)."""
+        return self.needs_stats_pass
 
     @property
     def static(self) -> bool:
@@ -325,7 +344,7 @@ class Method:
         raise NotImplementedError
 
     def select_without_stats(self, response_mask: Tensor) -> Selection:
-        """Selection for a method that needs no stats pass (keeps everything)."""
+        """Selection for a method that needs no ``select`` call (keeps everything)."""
         return Selection.keep_all(response_mask)
 
     def observe(self, sample_ids: Tensor, sample_losses: Tensor, epoch: int) -> None:
@@ -362,6 +381,10 @@ class PairMethod(Method):
     @property
     def static(self) -> bool:
         return self.sample.static
+
+    @property
+    def needs_select(self) -> bool:
+        return self.needs_stats_pass or self.sample.needs_select or self.token.needs_select
 
     def plan_epoch(self, epoch: int, num_epochs: int, data: DatasetInfo) -> EpochPlan | None:
         return self.sample.plan_epoch(epoch, num_epochs, data)

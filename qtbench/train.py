@@ -46,7 +46,7 @@ from qtbench import tracking
 from qtbench.data import IGNORE_INDEX, collate, tokenize_records
 from qtbench.io import atomic_directory, read_json, write_json_atomic
 from qtbench.models import count_parameters, load_model, load_tokenizer, resolve_device
-from qtbench.pruning import Budget, DatasetInfo, EpochPlan, Selection, build_method
+from qtbench.pruning import BatchStats, Budget, DatasetInfo, EpochPlan, build_method
 from qtbench.sft_data import load_records
 from qtbench.stats import compute_batch_stats
 
@@ -164,17 +164,21 @@ def _trim(batch: dict[str, torch.Tensor], rows: torch.Tensor) -> dict[str, torch
     return {k: v[:, :width] for k, v in sub.items()}
 
 
-def masked_token_losses(model: Any, batch: dict[str, torch.Tensor], token_keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-sample summed cross-entropy over kept loss positions, and their counts."""
-    labels = batch["labels"][:, 1:].clone()
-    keep = token_keep[:, : labels.shape[1]].to(labels.device)
-    labels[~keep] = IGNORE_INDEX
+def masked_token_losses(model: Any, batch: dict[str, torch.Tensor], token_keep: torch.Tensor
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per sample: summed cross-entropy over kept loss positions, their count,
+    and the (detached) mean cross-entropy over *all* response positions - what
+    loss-history methods such as InfoBatch record, whatever a token pruner kept."""
+    labels = batch["labels"][:, 1:]
+    keep = token_keep[:, : labels.shape[1]].to(labels.device) & (labels != IGNORE_INDEX)
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
     logits = logits[:, :-1]
     ce = F.cross_entropy(
         logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), ignore_index=IGNORE_INDEX, reduction="none"
     ).view(labels.shape)
-    return ce.sum(dim=1), (labels != IGNORE_INDEX).sum(dim=1)
+    response = labels != IGNORE_INDEX
+    full_mean = (ce.detach() * response).sum(dim=1) / response.sum(dim=1).clamp_min(1)
+    return (ce * keep).sum(dim=1), keep.sum(dim=1), full_mean
 
 
 # --------------------------------------------------------------------------- the loop
@@ -350,6 +354,9 @@ def _train_window(model, method, window, examples, plan_weights, tokenizer, devi
                                         ref, frozen_base, int(tcfg.get("stats_chunk", 128)))
             selection = method.select(stats)
             counters.input_tokens_scored += int(batch["attention_mask"].sum())
+        elif method.needs_select:
+            attended = batch["attention_mask"][:, 1:].bool().cpu()
+            selection = method.select(BatchStats.masks_only(response.cpu(), attended, ids, counters.optimizer_steps, epoch))
         else:
             selection = method.select_without_stats(response.cpu())
         if plan_weights:
@@ -371,11 +378,11 @@ def _train_window(model, method, window, examples, plan_weights, tokenizer, devi
         else:
             sub = _trim(batch, keep_rows.to(device))
             token_keep = selection.token_keep[keep_rows].to(device)
-            sums, counts = masked_token_losses(model, sub, token_keep)
+            sums, counts, response_means = masked_token_losses(model, sub, token_keep)
             weight = selection.sample_weight[keep_rows].to(device=device, dtype=sums.dtype)
             loss = (sums * weight).sum() / window_tokens
             loss.backward()
-            method.observe(ids[keep_rows], (sums / counts.clamp_min(1)).detach().cpu(), epoch)
+            method.observe(ids[keep_rows], response_means.cpu(), epoch)
             kept_tokens = int(counts.sum())
             total += float(loss.detach())
             counters.samples_trained += int(keep_rows.numel())

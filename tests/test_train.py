@@ -114,3 +114,15 @@ def test_epoch_order_is_seeded_and_complete():
     lengths = [5, 50, 6, 51, 7, 52, 8, 53, 9, 54]
     bucketed = epoch_order(list(range(10)), seed=3, epoch=1, micro_batch=5, lengths=lengths)
     assert sorted(map(sorted, bucketed)) == [[0, 2, 4, 6, 8], [1, 3, 5, 7, 9]]
+
+
+def test_random_pair_draws_without_a_stats_pass(tiny_model_dir, records_file, tmp_path):
+    cfg = run_config("random+random", "0.5", "0.5")
+    cfg["method_options"] = {"random": {"mode": "batch"}}
+    summary = train(cfg, tmp_path / "out", str(tiny_model_dir), str(records_file), progress=False)
+    assert summary["input_tokens_scored"] == 0  # no forward spent on scoring
+    assert summary["optimizer_steps"] == 6  # per-batch mode keeps the number of steps
+    assert summary["samples_trained"] == 6 * 2  # K = round(4 * 0.5) per micro-batch
+    assert summary["effective_sample_fraction"] == 0.5
+    rows = [json.loads(line) for line in (tmp_path / "out" / "trace.jsonl").read_text().splitlines()]
+    assert all(r["samples_kept"] == 2 for r in rows)

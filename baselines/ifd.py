@@ -1,0 +1,51 @@
+"""IFD (Cherry LLM): keep the samples whose instruction helps the response least.
+
+Paper: Li et al., "From Quantity to Quality: Boosting LLM Performance with
+Self-Guided Data Selection for Instruction Tuning" (NAACL 2024, "Cherry LLM").
+Instruction-Following Difficulty ``IFD(Q, A) = s(A | Q) / s(A)``: the mean
+cross-entropy of the answer tokens given the instruction, divided by the mean
+cross-entropy of the answer alone.  A high IFD means the instruction barely
+helps the model produce the answer (hard, informative samples); IFD > 1 means
+the instruction even hurts (the pair is likely misaligned) and such samples are
+dropped.  The rest are ranked by IFD, highest first.
+
+* scores: IFD with mean losses (:func:`static_scores`), prompt and response as
+  the plain template renders them (``qtbench.data.format_prompt``); ``s(A)``
+  scores the response after BOS alone (Cherry's code prefixes a short
+  "### Response:" cue; Superfiltering scores the answer alone, as here);
+* model: the base model (option ``proxy: null``, default; a model id or path
+  there scores with that model instead - Cherry's paper scores with a briefly
+  "pre-experienced" copy of the base model);
+* when: static, once before training (a cached Snakemake output per model x
+  data set); the same subset every epoch, fewer optimizer steps;
+* keeps: the ``max(1, round(N * r_s))`` highest IFD among the eligible samples
+  (ties: lower index first).  Eligible: IFD is a number and IFD <= ``threshold``
+  (default 1.0; Cherry's code drops ``mean_rate > 1``, so IFD = 1 stays;
+  ``threshold: null`` disables the filter).  The budget counts the whole data set
+  (as Superfiltering; Cherry's script takes ``sample_rate`` of the filtered
+  set): when fewer samples are eligible, the epoch keeps only those (traced as
+  ``epoch_kept``); if none is, the filter is ignored (traced ``filter_ignored``).
+
+Options: ``threshold`` (1.0), ``proxy`` (null = the base model; read by the
+static scoring rule, ``qtbench.static``), ``batch_size`` (16) and ``max_length``
+(512) for scoring, ``double_prune`` (false).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from baselines._ifd import IfdSelection, ifd_from_losses, response_losses
+from qtbench.pruning import Budget, register_sample_pruner
+
+
+def static_scores(records: list[dict], model: Any, tokenizer: Any, options: Mapping[str, Any]) -> list[float]:
+    """IFD = mean loss(y | x) / mean loss(y) under ``model`` (one float per record)."""
+    Ifd(Budget(), options)  # validate the options before any scoring
+    conditioned, alone = response_losses(records, model, tokenizer, options)
+    return ifd_from_losses(conditioned, alone, "loss")
+
+
+@register_sample_pruner("ifd")
+class Ifd(IfdSelection):
+    drop_at_threshold = False

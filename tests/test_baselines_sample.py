@@ -1,0 +1,278 @@
+"""Sample-level baselines on hand-built batches and data sets.
+
+Every expected selection below is written out by hand from the numbers in the
+fixture, not derived by calling the code under test."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from qtbench.pruning import SAMPLE_PRUNERS, BatchStats, Budget, DatasetInfo, load_registry
+
+load_registry()
+
+
+def make(name, budget, options=None, seed=0):
+    return SAMPLE_PRUNERS[name](budget, options or {}, seed)
+
+
+# B = 4, T = 4.  Response means (by hand):
+#   entropy over response: r0 (1+3)/2 = 2, r1 (5+5)/2 = 5, r2 1, r3 (4+4+4)/3 = 4
+#   entropy over all:      r0 22/4 = 5.5, r1 10/4 = 2.5, r2 1, r3 21/4 = 5.25
+#   nll over response:     r0 2, r1 0.5, r2 3, r3 2 (tie with r0)
+#   el2n over response:    r0 0.3, r1 0.1, r2 0.5, r3 0.7
+RESPONSE = [[0, 1, 1, 0], [0, 0, 1, 1], [1, 1, 1, 1], [0, 1, 1, 1]]
+ATTENTION = [[1, 1, 1, 1]] * 4
+ENTROPY = [[9, 1, 3, 9], [0, 0, 5, 5], [1, 1, 1, 1], [9, 4, 4, 4]]
+NLL = [[0, 1, 3, 0], [0, 0, 0.5, 0.5], [3, 3, 3, 3], [0, 2, 2, 2]]
+EL2N = [[0, 0.2, 0.4, 0], [0.9, 0.9, 0.1, 0.1], [0.5, 0.5, 0.5, 0.5], [0, 0.6, 0.6, 0.9]]
+
+
+def batch(**overrides):
+    kwargs = dict(nll=NLL, entropy=ENTROPY, response_mask=RESPONSE, attention_mask=ATTENTION,
+                  sample_ids=[10, 11, 12, 13], step=3, epoch=1, el2n=EL2N)
+    kwargs.update(overrides)
+    return BatchStats.from_tensors(**kwargs)
+
+
+def kept(pruner, stats):
+    keep, weight, _ = pruner.select_samples(stats)
+    assert torch.equal(weight, torch.ones(stats.batch_size))
+    return keep.tolist()
+
+
+def test_entropy_keeps_highest_response_entropy():
+    assert kept(make("entropy", Budget(0.5)), batch()) == [False, True, False, True]
+
+
+def test_entropy_over_all_positions_switch():
+    assert kept(make("entropy", Budget(0.5), {"entropy_over": "all"}), batch()) == [True, False, False, True]
+
+
+def test_ppl_sample_keeps_highest_perplexity_ties_to_lower_row():
+    assert kept(make("ppl_sample", Budget(0.5)), batch()) == [True, False, True, False]
+
+
+def test_el2n_keeps_highest_mean_el2n():
+    # r_s = 0.25 of B = 4 -> K = 1
+    assert kept(make("el2n", Budget(0.25)), batch()) == [False, False, False, True]
+
+
+def test_per_batch_keep_count_never_zero():
+    # B = 4, r_s = 0.125: round(0.5) = 0 -> K = max(1, 0) = 1
+    assert kept(make("ppl_sample", Budget(0.125)), batch()) == [False, False, True, False]
+
+
+def test_required_stats():
+    assert make("entropy", Budget(0.5)).required_stats == {"entropy"}
+    assert make("ppl_sample", Budget(0.5)).required_stats == {"nll"}
+    assert make("el2n", Budget(0.5)).required_stats == {"el2n"}
+    for name in ("longest", "shortest_instruction", "char_entropy", "infobatch", "ifd", "superfiltering"):
+        assert make(name, Budget(0.5)).required_stats == frozenset(), name
+    assert make("random", Budget(0.5)).required_stats == frozenset()
+
+
+# --------------------------------------------------------------------------- random
+
+
+def test_random_batch_mode_counts_and_reproducibility():
+    pruner = make("random", Budget(0.5), {"mode": "batch"}, seed=7)
+    assert pruner.plan_epoch(0, 3, DatasetInfo([{}] * 5, [1] * 5)) is None
+    first = kept(pruner, batch())
+    assert sum(first) == 2
+    assert kept(make("random", Budget(0.5), {"mode": "batch"}, seed=7), batch()) == first
+    # different steps draw different subsets at least sometimes
+    draws = {tuple(kept(pruner, batch(step=s))) for s in range(30)}
+    assert len(draws) > 1
+
+
+def test_random_epoch_mode_subset_per_epoch():
+    data = DatasetInfo([{"output": "x"}] * 10, [1] * 10)
+    pruner = make("random", Budget(0.3), seed=1)
+    plan = pruner.plan_epoch(0, 3, data)
+    assert len(plan.indices) == 3 and len(set(plan.indices)) == 3
+    assert plan.indices == sorted(plan.indices) and all(0 <= i < 10 for i in plan.indices)
+    assert plan.weights == {}
+    assert make("random", Budget(0.3), seed=1).plan_epoch(0, 3, data).indices == plan.indices
+    assert len({tuple(pruner.plan_epoch(e, 10, data).indices) for e in range(10)}) > 1
+    # epoch mode keeps every sample of the (already pruned) micro-batch
+    assert kept(pruner, batch()) == [True] * 4
+
+
+def test_random_epoch_double_prune():
+    pruner = make("random", Budget(0.5), {"double_prune": True}, seed=3)
+    assert pruner.required_stats == frozenset() and pruner.needs_select  # masks-only stats, no forward
+    keep = kept(pruner, batch())
+    assert sum(keep) == 2
+    assert kept(make("random", Budget(0.5), {"double_prune": True}, seed=3), batch()) == keep
+
+
+def test_random_options_validated():
+    with pytest.raises(ValueError, match="'mode'"):
+        make("random", Budget(0.5), {"mode": "sometimes"})
+    with pytest.raises(ValueError, match="'bogus'"):
+        make("random", Budget(0.5), {"bogus": 1})
+    with pytest.raises(ValueError, match="double_prune"):
+        make("random", Budget(0.5), {"mode": "batch", "double_prune": True})
+
+
+# --------------------------------------------------------------------------- length / text rules
+
+RECORDS = [
+    {"instruction": "abcd", "input": "", "output": "aaaa"},
+    {"instruction": "a", "input": "zzzzzzzz", "output": "b"},
+    {"instruction": "abc", "input": "", "output": "cc"},
+    {"instruction": "", "input": "", "output": "ddd"},
+    {"instruction": "ab", "input": "", "output": "eeeee"},
+]
+TOKENS = [5, 9, 2, 9, 7]
+
+
+def test_longest_keeps_longest_responses_in_tokens():
+    data = DatasetInfo(RECORDS, TOKENS)
+    # K = round(5 * 0.4) = 2: lengths 9 (idx 1) and 9 (idx 3)
+    assert make("longest", Budget(0.4)).plan_epoch(0, 3, data).indices == [1, 3]
+    # K = 3: + 7 (idx 4)
+    assert make("longest", Budget(0.6)).plan_epoch(0, 3, data).indices == [1, 3, 4]
+    # the same subset every epoch
+    assert make("longest", Budget(0.6)).plan_epoch(2, 3, data).indices == [1, 3, 4]
+
+
+def test_longest_in_characters():
+    data = DatasetInfo(RECORDS, TOKENS)
+    # output lengths 4, 1, 2, 3, 5 -> the two longest: idx 4 (5), idx 0 (4)
+    assert make("longest", Budget(0.4), {"length_unit": "chars"}).plan_epoch(0, 3, data).indices == [0, 4]
+
+
+def test_shortest_instruction_is_the_authors_longest():
+    data = DatasetInfo(RECORDS, TOKENS)
+    # instruction lengths 4, 1, 3, 0, 2 -> shortest two: idx 3 (0), idx 1 (1)
+    assert make("shortest_instruction", Budget(0.4)).plan_epoch(0, 3, data).indices == [1, 3]
+
+
+def test_char_entropy_values_and_selection():
+    from baselines.char_entropy import char_entropy
+
+    assert char_entropy("") == 0.0
+    assert char_entropy("aaaa") == pytest.approx(0.0, abs=1e-9)
+    assert char_entropy("abab") == pytest.approx(0.693147, abs=1e-5)
+    assert char_entropy("abcd") == pytest.approx(1.386294, abs=1e-5)
+    assert char_entropy("aab") == pytest.approx(0.636514, abs=1e-5)
+    records = [{"instruction": s, "output": "x"} for s in ("aaaa", "abab", "abcd", "aab", "")]
+    data = DatasetInfo(records, [1] * 5)
+    # lowest three: idx 0 (0), idx 4 (0), idx 3 (0.6365)
+    assert make("char_entropy", Budget(0.6)).plan_epoch(0, 3, data).indices == [0, 3, 4]
+
+
+def test_epoch_keep_count_rounding():
+    from baselines._common import epoch_keep_count
+
+    assert epoch_keep_count(10, 0.125) == 1  # round(1.25)
+    assert epoch_keep_count(10, 0.25) == 2  # round(2.5) = 2 (half to even)
+    assert epoch_keep_count(3, 0.1) == 1  # never zero
+    assert epoch_keep_count(8, 1.0) == 8
+
+
+# --------------------------------------------------------------------------- IFD / Superfiltering
+
+SCORES = [0.5, 1.2, 0.9, 1.0, float("nan"), 0.7]
+
+
+def ifd_data(scores=SCORES):
+    return DatasetInfo([{"instruction": "q", "output": "a"}] * len(scores), [1] * len(scores), list(scores))
+
+
+def test_ifd_keeps_top_ifd_at_most_one():
+    # K = 3; eligible (IFD <= 1, not NaN): 0 (.5), 2 (.9), 3 (1.0), 5 (.7)
+    plan = make("ifd", Budget(0.5)).plan_epoch(0, 3, ifd_data())
+    assert plan.indices == [2, 3, 5]
+    assert make("ifd", Budget(0.5)).static is True
+
+
+def test_superfiltering_drops_ifd_equal_one():
+    # eligible (IFD < 1): 0, 2, 5
+    assert make("superfiltering", Budget(0.5)).plan_epoch(0, 3, ifd_data()).indices == [0, 2, 5]
+
+
+def test_ifd_filter_off_and_shortfall():
+    assert make("ifd", Budget(0.5), {"threshold": None}).plan_epoch(0, 3, ifd_data()).indices == [1, 2, 3]
+    plan = make("ifd", Budget(1.0)).plan_epoch(0, 3, ifd_data())
+    assert plan.indices == [0, 2, 3, 5]
+    assert plan.trace["epoch_kept"] == 4 and plan.trace["eligible"] == 4
+
+
+def test_ifd_all_filtered_falls_back():
+    plan = make("ifd", Budget(0.5)).plan_epoch(0, 3, ifd_data([2.0, 3.0, 1.5, 4.0]))
+    assert plan.indices == [1, 3]
+    assert plan.trace["filter_ignored"] is True
+
+
+def test_ifd_needs_static_scores():
+    with pytest.raises(ValueError, match="static_scores"):
+        make("ifd", Budget(0.5)).plan_epoch(0, 3, DatasetInfo([{}] * 2, [1, 1]))
+
+
+def test_ifd_static_scores_with_patched_scoring(monkeypatch):
+    import baselines.ifd as ifd
+    import baselines.superfiltering as sf
+    import qtbench.stats as qstats
+
+    calls = []
+
+    def fake(model, tokenizer, prompts, responses, batch_size=16, max_length=512):
+        calls.append((list(prompts), list(responses), batch_size, max_length))
+        if prompts[0] == "":
+            return [2.0, 1.0]
+        return [1.0, 2.0]
+
+    monkeypatch.setattr(qstats, "mean_response_nll", fake)
+    records = [{"instruction": "Add", "input": "", "output": "4"},
+               {"instruction": "Say", "input": "hi", "output": "hello"}]
+    assert ifd.static_scores(records, None, None, {"batch_size": 4}) == pytest.approx([0.5, 2.0])
+    assert calls[0] == (["Add\nAnswer:", "Say\n\nhi\nAnswer:"], [" 4", " hello"], 4, 512)
+    assert calls[1][0] == ["", ""]
+    assert sf.static_scores(records, None, None, {}) == pytest.approx([math.exp(-1.0), math.exp(1.0)])
+    with pytest.raises(ValueError, match="'bogus'"):
+        ifd.static_scores(records, None, None, {"bogus": 1})
+
+
+def test_ifd_static_scores_tiny_model():
+    """End to end with a tiny random Llama and a character tokenizer."""
+    pytest.importorskip("transformers")
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    import baselines.ifd as ifd
+    import baselines.superfiltering as sf
+
+    chars = sorted(set("abcdefghijklmnopqrstuvwxyzAS:\n 0123456789"))
+    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3, **{c: i + 4 for i, c in enumerate(chars)}}
+    core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
+    tok = PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>")
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                         num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=128))
+    records = [{"instruction": "Add 2 and 2", "input": "", "output": "4"},
+               {"instruction": "Say hi", "input": "", "output": "hello there"}]
+    for module in (ifd, sf):
+        scores = module.static_scores(records, model, tok, {"batch_size": 2, "max_length": 64})
+        assert len(scores) == 2 and all(math.isfinite(s) and s > 0 for s in scores)
+
+
+def test_static_options_validated():
+    for name in ("ifd", "superfiltering"):
+        with pytest.raises(ValueError, match="'bogus'"):
+            make(name, Budget(0.5), {"bogus": True})
+        with pytest.raises(ValueError, match="threshold"):
+            make(name, Budget(0.5), {"threshold": "high"})
+
+
+def test_ifd_proxy_option():
+    assert make("superfiltering", Budget(0.5), {"proxy": "gpt2"}).options["proxy"] == "gpt2"
+    assert make("ifd", Budget(0.5)).options["proxy"] is None
+    with pytest.raises(ValueError, match="proxy"):
+        make("superfiltering", Budget(0.5), {"proxy": 3})

@@ -1,0 +1,199 @@
+"""Token-level baselines on a hand-built batch.
+
+B = 2, T = 6.  Response (candidate) positions: row 0 -> 1..4, row 1 -> 2..5;
+row 0's position 5 is padding.  Expected kept positions are written by hand
+from the numbers below (r_t = 0.5 -> 2 of 4 per sample, 4 of 8 per batch)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from qtbench.pruning import TOKEN_PRUNERS, BatchStats, Budget, load_registry
+
+load_registry()
+
+RESPONSE = [[0, 1, 1, 1, 1, 0], [0, 0, 1, 1, 1, 1]]
+ATTENTION = [[1, 1, 1, 1, 1, 0], [1, 1, 1, 1, 1, 1]]
+NLL = [[0, 0.5, 2.0, 1.0, 3.0, 0], [0, 0, 3.5, 2.5, 0.2, 4.0]]
+# excess = nll - ref: row 0 -> p1 .4, p2 1.9, p3 .8, p4 2.6 ; row 1 -> p2 .5, p3 2.0, p4 .2, p5 .1
+REF = [[0.3, 0.1, 0.1, 0.2, 0.4, 0.0], [0.7, 0.7, 3.0, 0.5, 0.0, 3.9]]
+# base - ref: row 0 -> p1 1.0, p2 1.5, p3 2.5, p4 0 ; row 1 -> p2 0, p3 .8, p4 3.0, p5 .1
+BASE = [[5.0, 1.5, 2.0, 3.0, 0.5, 0.0], [0.0, 0.0, 1.0, 1.0, 4.0, 2.0]]
+TC_REF = [[0.0, 0.5, 0.5, 0.5, 0.5, 0.0], [0.0, 0.0, 1.0, 0.2, 1.0, 1.9]]
+ATTN = [[0.9, 0.1, 0.3, 0.2, 0.4, 0.0], [0.8, 0.7, 0.05, 0.5, 0.6, 0.01]]
+
+
+def stats(ref=REF, base=BASE, **kw):
+    return BatchStats.from_tensors(NLL, [[0.0] * 6] * 2, RESPONSE, ATTENTION, sample_ids=[4, 9], step=5, epoch=2,
+                                   ref_nll=ref, base_nll=base, attention_received=ATTN, **kw)
+
+
+def mask(rows):
+    out = torch.zeros(2, 6, dtype=torch.bool)
+    for r, positions in enumerate(rows):
+        out[r, positions] = True
+    return out
+
+
+def run(name, options=None, ratio=0.5, candidates=None, s=None):
+    s = s or stats()
+    pruner = TOKEN_PRUNERS[name](Budget(1.0, ratio), options or {}, 0)
+    cand = s.response_mask.clone() if candidates is None else candidates
+    keep, trace = pruner.select_tokens(s, cand)
+    assert not bool((keep & ~cand).any())
+    return keep
+
+
+def test_ppl_drops_highest_per_sample():
+    # row 0 lowest two: p1 (.5), p3 (1.0); row 1: p4 (.2), p3 (2.5)
+    assert torch.equal(run("ppl"), mask([[1, 3], [3, 4]]))
+
+
+def test_ppl_drop_highest_per_batch():
+    # lowest four of the batch: .2 (1,p4), .5 (0,p1), 1.0 (0,p3), 2.0 (0,p2)
+    assert torch.equal(run("ppl", {"scope": "batch"}), mask([[1, 2, 3], [4]]))
+
+
+def test_ppl_authors_code_switch_keeps_highest():
+    # row 0 highest two: p4 (3), p2 (2); row 1: p5 (4), p2 (3.5)
+    assert torch.equal(run("ppl", {"drop": "lowest"}), mask([[2, 4], [2, 5]]))
+
+
+def test_loss_keeps_highest_per_sample_and_batch():
+    assert torch.equal(run("loss"), mask([[2, 4], [2, 5]]))
+    # highest four of the batch: 4 (1,p5), 3.5 (1,p2), 3 (0,p4), 2.5 (1,p3)
+    assert torch.equal(run("loss", {"scope": "batch"}), mask([[4], [2, 3, 5]]))
+
+
+def test_rho1_excess_loss_batch_default_and_per_sample():
+    # batch top four: 2.6 (0,p4), 2.0 (1,p3), 1.9 (0,p2), .8 (0,p3)
+    assert torch.equal(run("rho1"), mask([[2, 3, 4], [3]]))
+    # per sample: row 0 p4 (2.6), p2 (1.9); row 1 p3 (2.0), p2 (.5)
+    assert torch.equal(run("rho1", {"scope": "sample"}), mask([[2, 4], [2, 3]]))
+    assert TOKEN_PRUNERS["rho1"].required_stats == {"nll", "ref_nll"}
+
+
+def test_token_cleaning_batch_sample_and_threshold():
+    s = stats(ref=TC_REF)
+    # batch top four: 3.0 (1,p4), 2.5 (0,p3), 1.5 (0,p2), 1.0 (0,p1)
+    assert torch.equal(run("token_cleaning", s=s), mask([[1, 2, 3], [4]]))
+    # per sample: row 0 p3 (2.5), p2 (1.5); row 1 p4 (3.0), p3 (.8)
+    assert torch.equal(run("token_cleaning", {"scope": "sample"}, s=s), mask([[2, 3], [3, 4]]))
+    # static global threshold 1.2: scores >= 1.2 -> (0,p2) 1.5, (0,p3) 2.5, (1,p4) 3.0
+    assert torch.equal(run("token_cleaning", {"threshold": 1.2}, s=s), mask([[2, 3], [4]]))
+    assert TOKEN_PRUNERS["token_cleaning"].required_stats == {"base_nll", "ref_nll"}
+
+
+def test_fastv_keeps_most_attended_per_sample():
+    # row 0: p4 (.4), p2 (.3); row 1: p4 (.6), p3 (.5)
+    assert torch.equal(run("fastv"), mask([[2, 4], [3, 4]]))
+
+
+def test_count_prompt_switch():
+    # fastv: row 0 pool = attended p0..p4 (5) -> k = round(2.5) = 2: p0 (.9), p4 (.4) -> response: p4
+    #        row 1 pool = p0..p5 (6) -> k = 3: p0 (.8), p1 (.7), p4 (.6) -> response: p4
+    assert torch.equal(run("fastv", {"count_prompt": True}), mask([[4], [4]]))
+    # loss: prompt positions score 0. row 0 k = 2: p4 (3), p2 (2); row 1 k = 3: p5, p2, p3
+    assert torch.equal(run("loss", {"count_prompt": True}), mask([[2, 4], [2, 3, 5]]))
+
+
+def test_candidates_restrict_selection():
+    # row 1 dropped by the sample pruner: batch scope ranks only row 0's four tokens, k = 2
+    cand = mask([[1, 2, 3, 4], []])
+    assert torch.equal(run("ppl", {"scope": "batch"}, candidates=cand), mask([[1, 3], []]))
+    assert torch.equal(run("loss", {"count_prompt": True}, candidates=cand), mask([[2, 4], []]))
+
+
+def test_ties_go_to_earlier_positions():
+    flat = BatchStats.from_tensors([[0, 1, 1, 1, 1]], [[0] * 5], [[0, 1, 1, 1, 1]])
+    for options in ({}, {"drop": "lowest"}):
+        pruner = TOKEN_PRUNERS["ppl"](Budget(1.0, 0.5), options, 0)
+        keep, _ = pruner.select_tokens(flat, flat.response_mask)
+        assert keep.tolist() == [[False, True, True, False, False]]
+
+
+def test_token_keep_count():
+    from baselines._common import token_keep_count
+
+    assert token_keep_count(3, 0.5) == 2
+    assert token_keep_count(5, 0.5) == 2  # round(2.5) = 2, half to even
+    assert token_keep_count(1, 0.5) == 1  # never zero for a sample with tokens
+    assert token_keep_count(0, 0.5) == 0
+    assert token_keep_count(4, 0.7) == 3
+
+
+def test_random_tokens_counts_and_reproducibility():
+    keep = run("random")
+    assert keep.sum(dim=1).tolist() == [2, 2]
+    assert torch.equal(run("random"), keep)
+    batch_keep = run("random", {"scope": "batch"})
+    assert int(batch_keep.sum()) == 4
+    random_tokens = TOKEN_PRUNERS["random"](Budget(1.0, 0.5), {}, 0)
+    assert random_tokens.required_stats == frozenset() and random_tokens.needs_select
+
+
+def test_token_options_validated():
+    for name in TOKEN_PRUNERS:
+        with pytest.raises(ValueError, match="'bogus'"):
+            TOKEN_PRUNERS[name](Budget(1.0, 0.5), {"bogus": 1}, 0)
+        with pytest.raises(ValueError, match="'scope'"):
+            TOKEN_PRUNERS[name](Budget(1.0, 0.5), {"scope": "dataset"}, 0)
+    with pytest.raises(ValueError, match="'drop'"):
+        TOKEN_PRUNERS["ppl"](Budget(1.0, 0.5), {"drop": "middle"}, 0)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.integers(1, 4), st.integers(2, 7), st.sampled_from([0.3, 0.5, 0.7, 1.0]),
+    st.sampled_from(["random", "ppl", "loss", "rho1", "token_cleaning", "fastv"]),
+    st.sampled_from(["sample", "batch"]), st.integers(0, 2**16),
+)
+def test_exact_counts_property(b, t, ratio, name, scope, seed):
+    from baselines._common import token_keep_count
+
+    g = torch.Generator().manual_seed(seed)
+    resp = torch.rand(b, t, generator=g) < 0.6
+    cand = resp & (torch.rand(b, 1, generator=g) < 0.8)
+    vals = lambda: torch.rand(b, t, generator=g) * resp  # noqa: E731
+    s = BatchStats.from_tensors(vals(), vals(), resp, torch.ones(b, t, dtype=torch.bool), ref_nll=vals(),
+                                base_nll=vals(), attention_received=torch.rand(b, t, generator=g))
+    pruner = TOKEN_PRUNERS[name](Budget(1.0, ratio), {"scope": scope}, seed)
+    keep, _ = pruner.select_tokens(s, cand)
+    assert not bool((keep & ~cand).any())
+    if scope == "sample":
+        assert keep.sum(1).tolist() == [token_keep_count(int(n), ratio) for n in cand.sum(1)]
+    else:
+        assert int(keep.sum()) == token_keep_count(int(cand.sum()), ratio)
+
+
+def test_token_cleaning_global_threshold_tiny_models():
+    """The static cut over a data set with two tiny random Llamas: applying it
+    through the option keeps exactly the tokens at or above it."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    from baselines.token_cleaning import global_threshold
+    from qtbench.data import collate, tokenize_records
+    from qtbench.stats import compute_batch_stats
+
+    chars = sorted(set("abcdefghijklmnopqrstuvwxyzAS:\n 0123456789"))
+    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3, **{c: i + 4 for i, c in enumerate(chars)}}
+    core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
+    tok = PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>")
+    config = LlamaConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=128)
+    torch.manual_seed(0)
+    base, ref = LlamaForCausalLM(config), LlamaForCausalLM(config)
+    records = [{"instruction": "add 2 and 3", "input": "", "output": "5"},
+               {"instruction": "say hi", "input": "", "output": "hello there friend"}]
+    cut = global_threshold(records, base, ref, tok, 0.5, batch_size=1, max_length=64)
+    batch = collate(tokenize_records(records, tok, 64), 0)
+    s = compute_batch_stats(base, batch, {"base_nll", "ref_nll"}, base_model=base, reference_model=ref)
+    pruner = TOKEN_PRUNERS["token_cleaning"](Budget(1.0, 0.5), {"threshold": cut}, 0)
+    keep, _ = pruner.select_tokens(s, s.response_mask)
+    n = int(s.response_mask.sum())
+    assert int(keep.sum()) == round(0.5 * n)  # random float scores: no ties at the cut
