@@ -96,6 +96,20 @@ def cmd_aggregate(args: argparse.Namespace) -> None:
         tracker.finish()
 
 
+def cmd_eu_plane(args: argparse.Namespace) -> None:
+    from qtbench.eu_plane import crosstab, run
+
+    frame = run(args.checkpoint, args.data, args.out, r_s=args.r_s, options=args.options, micro_batch=args.micro_batch,
+                max_length=args.max_length, meta=args.meta, seed=args.seed)
+    counts = frame["batch_quadrant"].value_counts().to_dict()
+    print(f"{len(frame)} records scored -> {args.out}; per-batch quadrants: {counts}")
+    if "truth" in frame:
+        print("\nGround truth x quadrant (per micro-batch triage, % of each row):")
+        print(crosstab(frame, "batch_quadrant").to_string())
+        print("\nGround truth x quadrant (one triage over the whole data set, % of each row):")
+        print(crosstab(frame, "quadrant").to_string())
+
+
 def cmd_validate_config(args: argparse.Namespace) -> None:
     from qtbench.config import expand_runs, load_config
 
@@ -173,6 +187,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wandb-dir")
     p.add_argument("--experiment", default="qtbench")
     p.set_defaults(func=cmd_aggregate)
+
+    p = sub.add_parser("eu-plane", help="place a data set on a model's Error-Uncertainty plane")
+    p.add_argument("--checkpoint", required=True, help="model folder or Hugging Face id")
+    p.add_argument("--data", required=True, help="SFT data file (any supported format)")
+    p.add_argument("--meta", help="ground-truth metadata (the world's sft_meta.jsonl)")
+    p.add_argument("--r-s", type=float, default=0.25, help="sample ratio of the triage (default 0.25)")
+    p.add_argument("--options", type=_json, default={}, help="Q-Tuning options (JSON)")
+    p.add_argument("--micro-batch", type=int, default=8)
+    p.add_argument("--max-length", type=int, default=256)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="CSV: index, ppl, entropy, quadrants (+ truth)")
+    p.set_defaults(func=cmd_eu_plane)
 
     p = sub.add_parser("validate-config", help="validate a config file and list its runs")
     p.add_argument("config")
