@@ -19,7 +19,10 @@ from qtbench.io import read_json
 
 def _json(value: str) -> Any:
     if value.startswith("@"):
-        return read_json(value[1:])
+        try:
+            return read_json(value[1:])
+        except (FileNotFoundError, ValueError) as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
     try:
         return json.loads(value)
     except json.JSONDecodeError as exc:

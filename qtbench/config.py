@@ -50,7 +50,7 @@ def ratio_str(value: Any, key: str = "ratio") -> str:
         number = Decimal(str(value).strip())
     except (InvalidOperation, AttributeError):
         raise ConfigError(f"{key}: {value!r} is not a number") from None
-    if isinstance(value, bool) or not (Decimal(0) < number <= Decimal(1)):
+    if isinstance(value, bool) or not number.is_finite() or not (Decimal(0) < number <= Decimal(1)):
         raise ConfigError(f"{key}: {value!r} must lie in (0, 1]")
     text = format(number.normalize(), "f")
     return "1" if number == 1 else text

@@ -20,7 +20,7 @@ import torch
 
 import qtbench
 from qtbench.io import write_json_atomic
-from qtbench.models import check_model_path, resolve_device
+from qtbench.models import check_model_path, resolve_device, trust_remote_code
 
 log = logging.getLogger(__name__)
 
@@ -70,11 +70,14 @@ def evaluate(
     backend = eval_cfg.get("backend", "hf")
     model_args: dict[str, Any] = {
         "pretrained": str(model_path),
-        "trust_remote_code": bool(entry.get("trust_remote_code", False)),
+        "trust_remote_code": trust_remote_code(entry),
         "dtype": "float32" if device.type == "cpu" else ("bfloat16" if entry.get("dtype", "auto") == "auto" else entry["dtype"]),
     }
     if backend == "hf":
         model_args["add_bos_token"] = True
+        model_args["use_safetensors"] = True  # never unpickle *.bin weights
+    else:
+        model_args["load_format"] = "safetensors"
     if entry.get("revision") and not Path(model_path).exists():
         model_args["revision"] = entry["revision"]
     if eval_cfg.get("max_length"):

@@ -1,8 +1,9 @@
 """Loading models and tokenizers safely, from a Hugging Face id or a local path.
 
-Weights are read as safetensors only (``use_safetensors=True``) and
-``trust_remote_code`` is whatever the config says for that model (default
-false).  On CPU models run in fp32; on CUDA ``dtype: auto`` means bf16.
+Weights are read as safetensors only (``use_safetensors=True``; a local
+folder with only pickled ``*.bin`` weights is refused before transformers sees
+it) and ``trust_remote_code`` is whatever the config says for that model, as a
+boolean (default false).  On CPU models run in fp32; on CUDA ``dtype: auto`` means bf16.
 """
 
 from __future__ import annotations
@@ -30,15 +31,40 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     return _DTYPES[name]
 
 
+def trust_remote_code(entry: Mapping[str, Any] | None) -> bool:
+    """The model entry's ``trust_remote_code``: true only when the config says
+    so for this model, as a boolean (a string such as ``"false"`` is an error,
+    never silently truthy)."""
+    value = (entry or {}).get("trust_remote_code", False)
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        name = (entry or {}).get("name", "<model>")
+        raise ValueError(f"models.{name}.trust_remote_code must be true or false, got {value!r}")
+    return value
+
+
+def looks_local(path: str) -> bool:
+    """True for what can only be a file-system path (a Hugging Face id is
+    ``name`` or ``org/name``)."""
+    text = str(path)
+    return text.startswith(("/", "./", "../", "~")) or text in (".", "..") or text.count("/") > 1 or "\\" in text
+
+
 def check_model_path(path: str) -> None:
-    """Fail early, naming the path, when a local model folder has no weights."""
-    local = Path(path)
+    """Fail early, naming the path, when a local model folder is missing or has
+    no safetensors weights (pickled ``*.bin`` weights are refused)."""
+    local = Path(path).expanduser()
     if local.exists():
         if not local.is_dir():
             raise FileNotFoundError(f"model path {local} is a file; expected a save_pretrained folder")
         if not any(local.glob("*.safetensors")):
             found = sorted(p.name for p in local.iterdir())[:10]
             raise FileNotFoundError(f"model folder {local} has no *.safetensors weights (found: {found})")
+        if not (local / "config.json").exists():
+            raise FileNotFoundError(f"model folder {local} has no config.json")
+    elif looks_local(str(path)):
+        raise FileNotFoundError(f"model folder {local} does not exist")
 
 
 def load_tokenizer(path: str, entry: Mapping[str, Any] | None = None) -> Any:
@@ -46,7 +72,7 @@ def load_tokenizer(path: str, entry: Mapping[str, Any] | None = None) -> Any:
 
     entry = entry or {}
     tokenizer = AutoTokenizer.from_pretrained(
-        path, revision=entry.get("revision"), trust_remote_code=bool(entry.get("trust_remote_code", False))
+        path, revision=entry.get("revision"), trust_remote_code=trust_remote_code(entry)
     )
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -63,7 +89,7 @@ def load_model(path: str, entry: Mapping[str, Any] | None = None, device: str | 
     model = AutoModelForCausalLM.from_pretrained(
         path,
         revision=entry.get("revision"),
-        trust_remote_code=bool(entry.get("trust_remote_code", False)),
+        trust_remote_code=trust_remote_code(entry),
         dtype=resolve_dtype(entry.get("dtype", "auto"), device),
         use_safetensors=True,
     )

@@ -105,7 +105,7 @@ def start_run(
 
         if directory is not None:
             directory.mkdir(parents=True, exist_ok=True)
-        run = wandb.init(
+        init = dict(
             project=settings.get("project", "qtbench"),
             entity=settings.get("entity"),
             name=name,
@@ -114,11 +114,19 @@ def start_run(
             tags=tags or [],
             config=dict(config),
             dir=str(directory) if directory else None,
-            mode=mode,
             reinit="create_new",
-            settings=wandb.Settings(init_timeout=60, silent=True, console="off"),
         )
-        return Tracker(run, mode, directory)
+        timeout = float(settings.get("init_timeout", 15))
+        try:
+            run = wandb.init(**init, mode=mode, settings=wandb.Settings(init_timeout=timeout, silent=True, console="off"))
+            return Tracker(run, mode, directory)
+        except Exception as exc:  # noqa: BLE001
+            if mode != "online":
+                raise
+            # no network, or a W&B outage: record the run offline, to `wandb sync` later
+            _warn_failure("online init", exc, directory)
+            run = wandb.init(**init, mode="offline", settings=wandb.Settings(silent=True, console="off"))
+            return Tracker(run, "offline", directory)
     except Exception as exc:  # noqa: BLE001
         _warn_failure("init", exc, directory)
         tracker = Tracker(mode=mode, directory=directory)

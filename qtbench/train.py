@@ -18,9 +18,13 @@ nothing is pruned.  (The authors' code averages per micro-batch; with
 Every micro-batch appends a row to ``trace.jsonl`` (kept samples and tokens,
 the method's thresholds and quadrant counts); ``train_summary.json`` holds the
 totals and the *effective* budget.  A resumable checkpoint (weights,
-optimizer, scheduler, RNG, data position, method state, trace length) is
-written atomically every ``checkpoint_every`` steps into the state folder, and
-a restarted job continues from it.
+optimizer, scheduler, RNG, data position, epoch plan, method state, trace
+length) is written atomically every ``checkpoint_every`` steps into the state
+folder (``<out>.state`` or ``--state-dir``), and a restarted job continues
+from it, ending with the same weights and trace as an uninterrupted run
+(docs/reliability.md).  A checkpoint resumes only the run that wrote it (a
+fingerprint of config, base model and data); one that cannot be read safely
+(``weights_only=True``) costs a restart, never a wrong resume.
 """
 
 from __future__ import annotations
@@ -44,8 +48,8 @@ import torch.nn.functional as F
 import qtbench
 from qtbench import tracking
 from qtbench.data import IGNORE_INDEX, collate, tokenize_records
-from qtbench.io import atomic_directory, read_json, write_json_atomic
-from qtbench.models import count_parameters, load_model, load_tokenizer, resolve_device
+from qtbench.io import atomic_directory, committed_directory, read_json, write_json_atomic
+from qtbench.models import check_model_path, count_parameters, load_model, load_tokenizer, resolve_device
 from qtbench.pruning import BatchStats, Budget, DatasetInfo, EpochPlan, build_method
 from qtbench.sft_data import load_records
 from qtbench.stats import compute_batch_stats
@@ -53,6 +57,12 @@ from qtbench.stats import compute_batch_stats
 log = logging.getLogger(__name__)
 
 STATE_FILE = "trainer_state.pt"
+WEIGHTS_FILE = "model.safetensors"
+META_FILE = "checkpoint.json"
+TRACE_FILE = "trace.jsonl"
+CHECKPOINT_FORMAT = 2
+#: Everything the trainer writes into the state folder.
+_STATE_ENTRIES = ("checkpoint", "checkpoint.tmp", "checkpoint.old", TRACE_FILE)
 
 
 # --------------------------------------------------------------------------- data order
@@ -112,46 +122,129 @@ class Position:
 
 
 def _rng_state() -> dict[str, Any]:
-    return {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+    """Every RNG the loop may draw from, as tensors, lists and numbers only, so
+    that the trainer state loads with ``torch.load(weights_only=True)``."""
+    version, internal, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "python": {"version": int(version), "state": [int(x) for x in internal], "gauss": gauss},
+        "numpy": {"kind": str(kind), "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+                  "pos": int(pos), "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+    }
 
 
 def _set_rng_state(state: Mapping[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    if state.get("cuda") and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    python = state["python"]
+    random.setstate((python["version"], tuple(python["state"]), python["gauss"]))
+    numpy = state["numpy"]
+    np.random.set_state((numpy["kind"], numpy["keys"].numpy().astype(np.uint32), numpy["pos"], numpy["has_gauss"],
+                         numpy["cached_gaussian"]))
+
+
+#: Train settings a checkpoint's fingerprint ignores (besides the ``wandb``
+#: section): a run may resume with another checkpoint interval or thread count.
+_FINGERPRINT_IGNORED_TRAIN_KEYS = ("checkpoint_every", "log_every", "threads")
+
+
+def run_fingerprint(cfg: Mapping[str, Any], base_model: str, records: list[dict], *extra: Any) -> str:
+    """A hash of what determines the trained weights: the run config (less
+    W&B and logging settings), the base model, the records and any extras
+    (static scores, reference model).  A checkpoint resumes only a run with
+    the same fingerprint; a changed config starts afresh."""
+    import hashlib
+
+    view = {k: v for k, v in cfg.items() if k != "wandb"}
+    view["train"] = {k: v for k, v in dict(cfg.get("train", {})).items() if k not in _FINGERPRINT_IGNORED_TRAIN_KEYS}
+    digest = hashlib.sha256()
+    for part in (view, str(base_model), records, *extra):
+        digest.update(json.dumps(part, sort_keys=True, default=str).encode("utf-8"))
+        digest.update(b"\0")
+    return digest.hexdigest()
 
 
 def save_checkpoint(state_dir: Path, model: Any, optimizer: Any, scheduler: Any, method: Any,
-                    position: Position) -> None:
-    """Write the resumable state atomically (a folder renamed into place)."""
+                    position: Position, fingerprint: str | None = None) -> None:
+    """Write the resumable state atomically (a folder renamed into place).
+
+    ``checkpoint/model.safetensors`` holds the exact ``state_dict`` (tied
+    weights once), ``trainer_state.pt`` the optimizer, scheduler, RNG states,
+    data position, epoch plan, counters and method state (tensors, lists and
+    numbers only: it loads with ``weights_only=True``) and ``checkpoint.json``
+    a readable summary with the run's fingerprint."""
+    from safetensors.torch import save_model
+
     target = state_dir / "checkpoint"
+    plan = position.plan
+    counters = position.counters
     with atomic_directory(target) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
-        plan = position.plan
+        save_model(model, str(tmp / WEIGHTS_FILE), force_contiguous=True)
         torch.save(
             {
+                "format": CHECKPOINT_FORMAT,
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),
                 "rng": _rng_state(),
                 "epoch": position.epoch,
                 "window": position.window,
-                "plan": None if plan is None else {"indices": plan.indices, "weights": plan.weights, "trace": plan.trace},
+                "plan": None if plan is None else {"indices": list(plan.indices), "weights": dict(plan.weights),
+                                                   "trace": dict(plan.trace)},
                 "planned_epoch": position.planned_epoch,
-                "counters": position.counters.as_dict(),
+                "counters": counters.as_dict(),
                 "method": method.state_dict(),
             },
             tmp / STATE_FILE,
         )
+        (tmp / META_FILE).write_text(json.dumps({  # the folder is committed (and synced) as a whole
+            "format": CHECKPOINT_FORMAT, "qtbench_version": qtbench.__version__, "fingerprint": fingerprint,
+            "optimizer_steps": counters.optimizer_steps, "epoch": position.epoch, "window": position.window,
+            "trace_rows": counters.trace_rows,
+        }, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
-def load_checkpoint(state_dir: Path) -> tuple[Path, dict[str, Any]] | None:
-    target = state_dir / "checkpoint"
-    if not (target / STATE_FILE).exists():
+def load_checkpoint(state_dir: Path, fingerprint: str | None = None) -> tuple[Path, dict[str, Any]] | None:
+    """The last committed checkpoint under ``state_dir`` and its trainer state,
+    or ``None`` (with a warning saying why) when there is none, when it was
+    written for another run config, or when it cannot be read safely."""
+    target = committed_directory(state_dir / "checkpoint")
+    if target is None:
         return None
-    # weights_only=False is needed for Python's RNG state tuple; the file is
-    # our own, written by save_checkpoint into the run's private state folder.
-    state = torch.load(target / STATE_FILE, map_location="cpu", weights_only=False)
+    missing = [name for name in (STATE_FILE, WEIGHTS_FILE, META_FILE) if not (target / name).is_file()]
+    if missing:
+        log.warning("ignoring incomplete checkpoint %s (missing %s); starting afresh", target, ", ".join(missing))
+        return None
+    try:
+        meta = read_json(target / META_FILE)
+        if fingerprint is not None and meta.get("fingerprint") != fingerprint:
+            log.warning("checkpoint %s belongs to a different run config or data; starting afresh", target)
+            return None
+        state = torch.load(target / STATE_FILE, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - an unreadable checkpoint costs a restart, never a wrong resume
+        log.warning("cannot read checkpoint %s (%s: %s); starting afresh", target, type(exc).__name__, exc)
+        return None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        log.warning("checkpoint %s has an unknown format; starting afresh", target)
+        return None
     return target, state
+
+
+def _clear_state(state_dir: Path) -> None:
+    """Remove what the trainer keeps in ``state_dir`` - and nothing else, so a
+    mistaken ``--state-dir`` never deletes a user's files."""
+    for name in _STATE_ENTRIES:
+        entry = state_dir / name
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        elif entry.exists() or entry.is_symlink():
+            entry.unlink(missing_ok=True)
+    try:
+        state_dir.rmdir()
+    except OSError:
+        pass  # not empty: something else lives there
 
 
 # --------------------------------------------------------------------------- the step
@@ -211,6 +304,12 @@ def train(
     np.random.seed(seed)
     torch.manual_seed(seed)
 
+    # fail early, before any data is read or tokenized: method, budget, model folders
+    budget = Budget(float(run["r_s"]), float(run["r_t"]))
+    method = build_method(run["method"], budget, cfg.get("method_options", {}), seed)
+    check_model_path(base_model)
+    if reference_model is not None:
+        check_model_path(reference_model)
     tokenizer = load_tokenizer(base_model, entry)
     dcfg = cfg["data"]
     records, report = load_records(data, dcfg.get("format", "auto"), dcfg.get("split", "train"),
@@ -225,8 +324,6 @@ def train(
         raise ValueError(f"{static_scores}: {len(scores)} scores for {len(records)} records")
     info = DatasetInfo(records, [e.response_length for e in examples], scores)
 
-    budget = Budget(float(run["r_s"]), float(run["r_t"]))
-    method = build_method(run["method"], budget, cfg.get("method_options", {}), seed)
     model = load_model(base_model, entry, device)
     model.train()
     required = method.required_stats
@@ -249,30 +346,33 @@ def train(
     scheduler = get_cosine_schedule_with_warmup(optimizer, round(float(tcfg["warmup_ratio"]) * total_steps), max(total_steps, 1))
 
     position = Position(plan=first_plan, planned_epoch=0)
-    trace_path = state_dir / "trace.jsonl"
-    resumed = load_checkpoint(state_dir)
+    trace_path = state_dir / TRACE_FILE
+    fingerprint = run_fingerprint(cfg, base_model, records, scores, reference_model)
+    resumed = load_checkpoint(state_dir, fingerprint)
     if resumed is not None:
         ckpt_dir, state = resumed
-        from safetensors.torch import load_file
+        if not _truncate_lines(trace_path, int(state["counters"]["trace_rows"])):
+            log.warning("%s has fewer rows than checkpoint %s expects; starting afresh", trace_path, ckpt_dir)
+            resumed = None
+    if resumed is not None:
+        from safetensors.torch import load_model as load_weights
 
-        weights = {}
-        for shard in sorted(ckpt_dir.glob("*.safetensors")):
-            weights.update(load_file(shard, device=str(device)))
-        model.load_state_dict(weights, strict=False)
+        load_weights(model, str(ckpt_dir / WEIGHTS_FILE), strict=True, device=str(device))
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         method.load_state_dict(state["method"])
         _set_rng_state(state["rng"])
         plan = state["plan"]
-        position = Position(state["epoch"], state["window"],
-                            None if plan is None else EpochPlan(plan["indices"], {int(k): v for k, v in plan["weights"].items()}, plan["trace"]),
+        position = Position(int(state["epoch"]), int(state["window"]),
+                            None if plan is None else EpochPlan([int(i) for i in plan["indices"]],
+                                                                {int(k): float(v) for k, v in plan["weights"].items()},
+                                                                dict(plan["trace"])),
                             state["planned_epoch"], Counters(**state["counters"]))
-        _truncate_lines(trace_path, position.counters.trace_rows)
-        log.info("resumed %s at epoch %d, step %d", run["run_id"], position.epoch, position.counters.optimizer_steps)
+        log.info("resumed %s from %s at epoch %d, step %d", run["run_id"], ckpt_dir, position.epoch,
+                 position.counters.optimizer_steps)
     else:
-        if state_dir.exists():
-            shutil.rmtree(state_dir)
-        state_dir.mkdir(parents=True)
+        _clear_state(state_dir)
+        state_dir.mkdir(parents=True, exist_ok=True)
 
     tracker = tracking.start_run(
         cfg.get("wandb", {}), name=run["run_id"], group=cfg.get("experiment", "qtbench"), job_type="train",
@@ -318,7 +418,8 @@ def train(
                 every = int(tcfg.get("checkpoint_every") or 0)
                 if every and counters.optimizer_steps % every == 0 and counters.optimizer_steps < total_steps:
                     trace.flush()
-                    save_checkpoint(state_dir, model, optimizer, scheduler, method, position)
+                    os.fsync(trace.fileno())  # the trace holds every row the checkpoint counts
+                    save_checkpoint(state_dir, model, optimizer, scheduler, method, position, fingerprint)
                 if counters.optimizer_steps >= total_steps:
                     done = True
                     break
@@ -336,7 +437,7 @@ def train(
         write_json_atomic(tmp / "data_report.json", report.as_dict())
     tracker.summary({f"train/{k}": v for k, v in summary.items() if isinstance(v, (int, float))})
     tracker.finish()
-    shutil.rmtree(state_dir, ignore_errors=True)
+    _clear_state(state_dir)
     return summary
 
 
@@ -423,11 +524,22 @@ def _summary(cfg, counters: Counters, examples, epochs, model, report, truncated
     }
 
 
-def _truncate_lines(path: Path, keep: int) -> None:
+def _truncate_lines(path: Path, keep: int) -> bool:
+    """Cut ``path`` after its first ``keep`` lines (rows written after the
+    checkpoint, and a half-written last row, go).  One ``truncate`` call: a
+    kill during it cannot lose the rows kept.  False when the file holds fewer
+    than ``keep`` complete lines."""
     if not path.exists():
-        return
-    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)[:keep]
-    path.write_text("".join(lines), encoding="utf-8")
+        return keep == 0
+    offset = 0
+    with path.open("rb") as handle:
+        for _ in range(keep):
+            line = handle.readline()
+            if not line.endswith(b"\n"):
+                return False
+            offset += len(line)
+    os.truncate(path, offset)
+    return True
 
 
 def _progress(total: int, initial: int, desc: str, enabled: bool):
