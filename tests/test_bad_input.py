@@ -206,7 +206,7 @@ def test_over_long_records_are_truncated_and_counted(ctx):
 
 
 def test_failure_mid_training_leaves_only_the_state_folder(ctx, monkeypatch):
-    real = train_mod._train_window
+    real = train_mod.train_window
     calls = {"n": 0}
 
     def failing(*args, **kwargs):
@@ -215,7 +215,7 @@ def test_failure_mid_training_leaves_only_the_state_folder(ctx, monkeypatch):
             raise RuntimeError("out of memory (simulated)")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(train_mod, "_train_window", failing)
+    monkeypatch.setattr(train_mod, "train_window", failing)
     set_data(ctx, jsonl(make_records(24)))
     with pytest.raises(RuntimeError, match="simulated"):
         train(run_config(checkpoint_every=2), ctx.out, str(ctx.model), str(ctx.data), state_dir=ctx.state,

@@ -83,7 +83,7 @@ class Crash(Exception):
 
 
 def crash_after(monkeypatch, windows: int) -> None:
-    real = train_mod._train_window
+    real = train_mod.train_window
     calls = {"n": 0}
 
     def wrapper(*args, **kwargs):
@@ -92,7 +92,7 @@ def crash_after(monkeypatch, windows: int) -> None:
             raise Crash(f"crash before window {calls['n']}")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(train_mod, "_train_window", wrapper)
+    monkeypatch.setattr(train_mod, "train_window", wrapper)
 
 
 def checkpoint_meta(state: Path) -> dict | None:

@@ -12,7 +12,7 @@ from qtbench.config import RunSpec
 from qtbench.data import collate, tokenize_records
 from qtbench.models import load_model, load_tokenizer
 from qtbench.pruning import Method, Selection
-from qtbench.train import Counters, _train_window, epoch_order, train
+from qtbench.train import Counters, train_window, epoch_order, train
 from tests.conftest import make_records
 
 
@@ -86,7 +86,7 @@ def test_masked_update_trains_only_kept_tokens(tiny_model_dir):
     examples = tokenize_records(make_records(4), tokenizer, 64)
     counters = Counters()
     trace = io.StringIO()
-    _train_window(model, KeepFirst(), [[0, 1, 2, 3]], examples, {}, tokenizer, torch.device("cpu"),
+    train_window(model, KeepFirst(), [[0, 1, 2, 3]], examples, {}, tokenizer, torch.device("cpu"),
                   {"stats_chunk": 5}, 0, counters, trace, None, None)
     got = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
