@@ -25,29 +25,10 @@ import torch
 
 from qtbench.data import collate, tokenize_records
 from qtbench.pruning import BatchStats, Budget
-from qtbench.qtuning import bisect_thresholds, decide, sample_axes
+from qtbench.qtuning import bisect_thresholds, decide, quadrant_labels, quadrants
 from qtbench.stats import compute_batch_stats
 
 QUADRANT_ORDER = ["Q1", "Q2", "Q2+", "Q3", "Q4", "Q4+", "mid"]
-
-
-def quadrant_labels(ppl: torch.Tensor, ent: torch.Tensor, ppl_hi: float, ppl_lo: float,
-                    ent_lo: float, ent_hi: float) -> list[str]:
-    """Q1 high PPL & high Ent, Q2 high PPL & low Ent, Q3 low & low, Q4 low PPL &
-    high Ent (the code's inequalities); everything else is ``mid``."""
-    labels = []
-    for p, e in zip(ppl.tolist(), ent.tolist()):
-        if p > ppl_hi and e <= ent_lo:
-            labels.append("Q2")
-        elif p <= ppl_lo and e > ent_hi:
-            labels.append("Q4")
-        elif p > ppl_hi and e > ent_hi:
-            labels.append("Q1")
-        elif p <= ppl_lo and e <= ent_lo:
-            labels.append("Q3")
-        else:
-            labels.append("mid")
-    return labels
 
 
 def score_records(model: Any, tokenizer: Any, records: list[dict], micro_batch: int, max_length: int,
@@ -65,20 +46,15 @@ def score_records(model: Any, tokenizer: Any, records: list[dict], micro_batch: 
         stats = BatchStats(stats.nll.cpu(), stats.entropy.cpu(), stats.response_mask.cpu(),
                            stats.attention_mask.cpu(), stats.sample_ids)
         decision = decide(stats, budget, **options)
-        trace = decision.selection.trace
-        labels = quadrant_labels(decision.ppl, decision.entropy, trace["ppl_hi"], trace["ppl_lo"],
-                                 trace["ent_lo"], trace["ent_hi"])
+        labels = quadrants(decision)
         for row, index in enumerate(ids):
-            label = labels[row]
-            if bool(decision.topup[row]):
-                label = "Q2+" if bool(decision.q2_like[row]) else "Q4+"
             rows.append({
                 "index": index,
                 "ppl": float(stats.sample_ppl()[row]),
                 "entropy_all": float(stats.sample_mean_entropy("all")[row]),
                 "entropy_response": float(stats.sample_mean_entropy("response")[row]),
                 "response_tokens": int(stats.response_counts()[row]),
-                "batch_quadrant": label,
+                "batch_quadrant": labels[row],
                 "kept": bool(decision.selection.sample_keep[row]),
             })
     frame = pd.DataFrame(rows).sort_values("index").reset_index(drop=True)

@@ -196,13 +196,17 @@ class Selection:
     the response mask and of the kept samples); ``sample_weight [B]`` - a loss
     weight per sample (1 unless a method rescales, e.g. InfoBatch);
     ``trace`` - numbers the method wants in the per-step trace (thresholds,
-    quadrant counts), JSON-serialisable scalars only.
+    quadrant counts), JSON-serialisable scalars only;
+    ``per_sample`` - optional per-sample values for the per-sample trace
+    (``samples.jsonl``), each a list of length B (e.g. Q-Tuning's PPL,
+    entropy and quadrant), JSON-serialisable.
     """
 
     sample_keep: Tensor
     token_keep: Tensor
     sample_weight: Tensor
     trace: dict[str, Any] = field(default_factory=dict)
+    per_sample: dict[str, list] = field(default_factory=dict)
 
     @classmethod
     def keep_all(cls, stats_or_masks: "BatchStats | Tensor") -> "Selection":

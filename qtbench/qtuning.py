@@ -505,7 +505,42 @@ class QTuning(Method):
         self.seed = seed  # unused: the method is deterministic
 
     def select(self, stats: BatchStats) -> Selection:
-        return _decide(stats, self.budget, self.options).selection
+        decision = _decide(stats, self.budget, self.options)
+        selection = decision.selection
+        selection.per_sample = {
+            "ppl": decision.ppl.tolist(),
+            "entropy": decision.entropy.tolist(),
+            "quadrant": quadrants(decision),
+        }
+        return selection
 
     def decide(self, stats: BatchStats) -> Decision:
         return _decide(stats, self.budget, self.options)
+
+
+def quadrant_labels(ppl: Tensor, ent: Tensor, ppl_hi: float | None, ppl_lo: float | None,
+                    ent_lo: float | None, ent_hi: float | None) -> list[str]:
+    """Each sample's place on the EU plane under the final thresholds, with the
+    code's inequalities: Q2 = PPL > ppl_hi & Ent <= ent_lo (misconception),
+    Q4 = PPL <= ppl_lo & Ent > ent_hi (calibration), Q1 = PPL > ppl_hi &
+    Ent > ent_hi (noise), Q3 = PPL <= ppl_lo & Ent <= ent_lo (redundant);
+    anything else (between the thresholds) is ``mid``."""
+    if ppl_hi is None:
+        return ["mid"] * int(ppl.shape[0])
+    high, low = ppl > ppl_hi, ppl <= ppl_lo
+    confident, unsure = ent <= ent_lo, ent > ent_hi
+    labels = []
+    for h, l, c, u in zip(high.tolist(), low.tolist(), confident.tolist(), unsure.tolist()):
+        labels.append("Q2" if h and c else "Q4" if l and u else "Q1" if h and u else "Q3" if l and c else "mid")
+    return labels
+
+
+def quadrants(decision: Decision) -> list[str]:
+    """:func:`quadrant_labels` of a decision, with top-ups marked ``Q2+``
+    (Q2-like: its tokens may be pruned) or ``Q4+`` (kept whole)."""
+    trace = decision.selection.trace
+    labels = quadrant_labels(decision.ppl, decision.entropy, trace["ppl_hi"], trace["ppl_lo"],
+                             trace["ent_lo"], trace["ent_hi"])
+    for row in decision.topup.nonzero().flatten().tolist():
+        labels[row] = "Q2+" if bool(decision.q2_like[row]) else "Q4+"
+    return labels

@@ -502,10 +502,23 @@ def train_window(model, method, window, examples, plan_weights, tokenizer, devic
             counters.input_tokens_trained += int(sub["attention_mask"].sum())
             row.update(response_tokens_kept=kept_tokens, loss=float((sums.sum() / counts.sum().clamp_min(1)).detach()))
         row.update({k: v for k, v in selection.trace.items()})
+        row["samples"] = _sample_rows(ids, selection)
         trace.write(json.dumps(row, sort_keys=True) + "\n")
         counters.trace_rows += 1
     counters.loss_sum += total
     return total
+
+
+def _sample_rows(ids: torch.Tensor, selection) -> dict[str, list]:
+    """Per-sample decisions of one micro-batch, column-wise: data-set index,
+    kept, loss weight and whatever per-sample values the method reported
+    (Q-Tuning: ppl, entropy, quadrant).  Samples an epoch-level pruner left out
+    of the epoch never reach a micro-batch and so have no row."""
+    columns = {"id": ids.tolist(), "kept": selection.sample_keep.tolist(),
+               "weight": [round(w, 6) for w in selection.sample_weight.tolist()]}
+    for name, values in selection.per_sample.items():
+        columns[name] = [round(v, 6) if isinstance(v, float) else v for v in values]
+    return columns
 
 
 def _summary(cfg, counters: Counters, examples, epochs, model, report, truncated, total_steps) -> dict[str, Any]:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pandas as pd
 import torch
 
-from qtbench.eu_plane import crosstab, quadrant_labels, score_records, truth_label
+from qtbench.eu_plane import crosstab, score_records, truth_label
+from qtbench.qtuning import quadrant_labels
 from qtbench.models import load_model, load_tokenizer
 from qtbench.pruning import Budget
 from tests.conftest import make_records

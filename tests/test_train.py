@@ -126,3 +126,17 @@ def test_random_pair_draws_without_a_stats_pass(tiny_model_dir, records_file, tm
     assert summary["effective_sample_fraction"] == 0.5
     rows = [json.loads(line) for line in (tmp_path / "out" / "trace.jsonl").read_text().splitlines()]
     assert all(r["samples_kept"] == 2 for r in rows)
+
+
+def test_trace_carries_per_sample_decisions(tiny_model_dir, records_file, tmp_path):
+    train(run_config("q_tuning", "0.25", "0.5"), tmp_path / "out", str(tiny_model_dir), str(records_file), progress=False)
+    rows = [json.loads(line) for line in (tmp_path / "out" / "trace.jsonl").read_text().splitlines()]
+    seen = []
+    for row in rows:
+        samples = row["samples"]
+        assert len(samples["id"]) == row["batch_size"] == len(samples["quadrant"]) == len(samples["ppl"])
+        assert sum(samples["kept"]) == row["samples_kept"] >= 1  # K = max(1, round(4 * 0.25)) = 1
+        for kept, quadrant in zip(samples["kept"], samples["quadrant"]):
+            assert (quadrant in ("Q2", "Q4", "Q2+", "Q4+")) == kept
+        seen += samples["id"]
+    assert sorted(seen) == list(range(24))  # one epoch: every record once
