@@ -205,10 +205,28 @@ def test_planted_problems_look_right(world, sft):
 # --------------------------------------------------------------------------- corpus and held-out eval
 
 
-def test_corpus_is_declarative(world):
+def test_corpus_has_no_qa_records(world):
     corpus = (world / "corpus.txt").read_text()
-    assert "Question:" not in corpus and "Answer:" not in corpus and "?" not in corpus
-    assert " plus " in corpus and "The capital of" in corpus
+    assert "Question:" not in corpus and "Answer:" not in corpus and "####" not in corpus
+    assert " plus " in corpus and "The capital of" in corpus and "\nCapital: " in corpus
+    # rhetorical questions in the corpus never use an SFT/eval question wording
+    for rel, templates in generate.RHETORICAL_TEMPLATES.items():
+        for rhetorical in templates:
+            for question in generate.QUESTION_TEMPLATES[rel] + [
+                q for r, qs in generate.QUESTION_TEMPLATES.items() if r.endswith(rel) for q in qs
+            ]:
+                assert question.rstrip("?.").lower() not in rhetorical.lower(), (question, rhetorical)
+
+
+def test_corpus_covers_only_covered_facts(world):
+    corpus = (world / "corpus.txt").read_text()
+    w = json.loads((world / "world.json").read_text())
+    for c in w["countries"]:
+        stated = f"The capital of {c['name']} is {c['capital']}." in corpus or f" {c['capital']}" in corpus
+        if c["covered"]["capital"]:
+            assert stated
+        else:  # the capital name (unique) never occurs: it is unknowable from the corpus
+            assert not re.search(rf"\b{c['capital']}\b", corpus), c
 
 
 def test_eval_items_held_out(world, sft):
