@@ -86,16 +86,18 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 def cmd_aggregate(args: argparse.Namespace) -> None:
     from qtbench import tracking
-    from qtbench.tables import aggregate
+    from qtbench.plots import plot_files
+    from qtbench.tables import aggregate, log_results
 
-    tables = aggregate(args.evals, args.tasks, args.out)
-    print(tables["comparison"].drop(columns=["r_s", "r_t", "total_budget"]).to_string(index=False, float_format="%.2f"))
+    tables = aggregate(args.evals, args.tasks, args.out, run_dirs=args.runs, world_meta=args.world_meta,
+                       plots_dir=args.plots, eu_epoch=args.eu_epoch)
+    print((Path(args.out) / "main.md").read_text())
     if args.wandb is not None:
         tracker = tracking.start_run(args.wandb, name=f"{args.experiment}/summary", group=args.experiment,
                                      job_type="aggregate", config={"tasks": args.tasks}, tags=["summary"],
                                      directory=args.wandb_dir)
-        tracker.log_table("comparison", tables["comparison"])
-        tracker.log_table("long", tables["long"])
+        plots = [Path(args.plots) / name for name in plot_files()] if args.plots else []
+        log_results(tracker, tables, plots)
         tracker.finish()
 
 
@@ -185,7 +187,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("aggregate", help="collect evaluation records into tables")
     p.add_argument("--evals", nargs="+", required=True)
     p.add_argument("--tasks", type=_json, required=True, help="the config's eval.tasks (JSON)")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help="tables folder")
+    p.add_argument("--runs", nargs="*", default=[], help="checkpoint folders (train_summary.json, trace.jsonl)")
+    p.add_argument("--world-meta", help="the world's sft_meta.jsonl (ground truth: noise recall, EU-plane markers)")
+    p.add_argument("--plots", help="plots folder (PNG + PDF); no plots without it")
+    p.add_argument("--eu-epoch", type=int, default=-1, help="the epoch the EU-plane plot shows (-1: the last)")
     p.add_argument("--wandb", type=_json)
     p.add_argument("--wandb-dir")
     p.add_argument("--experiment", default="qtbench")

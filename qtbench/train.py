@@ -406,9 +406,14 @@ def train(
             windows = [batches[i:i + accum] for i in range(0, len(batches), accum)]
             start_window = position.window if epoch == position.epoch else 0
             position.epoch = epoch
+            # the first trace row of an epoch records an epoch-level plan, so that
+            # records the plan left out count as dropped (noise recall)
+            plan_row = ({"id": sorted(int(i) for i in plan.indices), "n_records": len(examples)}
+                        if plan is not None and start_window == 0 else None)
             for w in range(start_window, len(windows)):
                 loss = train_window(model, method, windows[w], examples, weights, tokenizer, device, tcfg,
-                                     epoch, counters, trace, ref, frozen_base)
+                                    epoch, counters, trace, ref, frozen_base, epoch_plan=plan_row)
+                plan_row = None
                 if tcfg.get("max_grad_norm"):
                     torch.nn.utils.clip_grad_norm_(model.parameters(), float(tcfg["max_grad_norm"]))
                 optimizer.step()
@@ -453,7 +458,7 @@ def train(
 
 
 def train_window(model, method, window, examples, plan_weights, tokenizer, device, tcfg, epoch,
-                  counters: Counters, trace, ref, frozen_base) -> float:
+                  counters: Counters, trace, ref, frozen_base, epoch_plan: dict | None = None) -> float:
     """Select inside each micro-batch of the window, then back-propagate the kept tokens."""
     pad = tokenizer.pad_token_id
     selected = []
@@ -503,6 +508,8 @@ def train_window(model, method, window, examples, plan_weights, tokenizer, devic
             row.update(response_tokens_kept=kept_tokens, loss=float((sums.sum() / counts.sum().clamp_min(1)).detach()))
         row.update({k: v for k, v in selection.trace.items()})
         row["samples"] = _sample_rows(ids, selection)
+        if epoch_plan is not None:
+            row["epoch_plan"], epoch_plan = epoch_plan, None
         trace.write(json.dumps(row, sort_keys=True) + "\n")
         counters.trace_rows += 1
     counters.loss_sum += total

@@ -8,7 +8,7 @@ import pytest
 from qtbench import plots
 from qtbench.noise import empty_recall
 from qtbench.tables import aggregate
-from tests.test_noise import EPOCH_SAMPLES, META, Q_SAMPLES
+from tests.test_noise import EPOCH_TRACE, META, Q_TRACE
 from tests.test_tables import TASKS, build_experiment
 
 MAGIC = {"png": b"\x89PNG", "pdf": b"%PDF"}
@@ -23,16 +23,16 @@ def check_files(folder):
 
 
 def test_every_plot_written(tmp_path):
-    samples = {("q_tuning", "s0.25-t0.5", 0): Q_SAMPLES, ("q_tuning", "s0.25-t0.5", 1): Q_SAMPLES,
-               ("q_tuning", "s0.5-t0.5", 0): Q_SAMPLES, ("random", "s0.125-t1", 0): EPOCH_SAMPLES}
-    experiment = build_experiment(tmp_path, samples_for=samples, world_meta=META)
+    traces = {("q_tuning", "s0.25-t0.5", 0): Q_TRACE, ("q_tuning", "s0.25-t0.5", 1): Q_TRACE,
+              ("q_tuning", "s0.5-t0.5", 0): Q_TRACE, ("random", "s0.125-t1", 0): EPOCH_TRACE}
+    experiment = build_experiment(tmp_path, trace_for=traces, world_meta=META)
     aggregate(experiment["evals"], TASKS, tmp_path / "tables", run_dirs=experiment["runs"],
               world_meta=experiment["meta"], plots_dir=tmp_path / "plots", eu_epoch=1)
     check_files(tmp_path / "plots")
 
 
 def test_plots_without_traces_or_truth(tmp_path):
-    """No run folders, no samples.jsonl, no ground truth: placeholders, never a failure."""
+    """No run folders, no per-sample decisions, no ground truth: placeholders, never a failure."""
     experiment = build_experiment(tmp_path)
     aggregate(experiment["evals"], TASKS, tmp_path / "tables", plots_dir=tmp_path / "plots")
     check_files(tmp_path / "plots")
@@ -51,7 +51,7 @@ def test_quadrant_step_shares():
         {"step": 1, "epoch": 1, "batch_size": 4, "n_q1": 4, "n_q2": 0, "n_q3": 0, "n_q4": 0, "n_topup": 1},
     ])
     shares = plots.quadrant_step_shares(trace).set_index("step")
-    assert shares.loc[0, "Q2"] == pytest.approx(3 / 8) and shares.loc[0, "none"] == pytest.approx(2 / 8)
+    assert shares.loc[0, "Q2"] == pytest.approx(3 / 8) and shares.loc[0, "mid"] == pytest.approx(2 / 8)
     assert shares.loc[0, "topup"] == pytest.approx(1 / 8) and shares.loc[1, "Q1"] == pytest.approx(1.0)
 
 
@@ -63,3 +63,28 @@ def test_sample_labels_and_colors():
     assert plots.sample_labels([0], None) == ["clean"]
     colors = plots.method_colors(["full", "random", "q_tuning", "rho1"])
     assert colors["q_tuning"] == "#d62728" and colors["full"] == "#000000" and colors["random"] != colors["rho1"]
+
+
+def test_batch_ranks_match_quantile_thresholds():
+    """A value lies above a micro-batch's linear quantile q exactly when its position exceeds q."""
+    import numpy as np
+
+    ppl = [5.0, 1.0, 9.0, 3.0, 7.0, 2.0, 8.0, 4.0]
+    rows = pd.DataFrame({"epoch": 0, "micro_batch": [0] * 8 + [1], "ppl": ppl + [6.0]})
+    ranks = plots.batch_ranks(rows, "ppl")
+    assert list(ranks[:8]) == pytest.approx([4 / 7, 0.0, 1.0, 2 / 7, 5 / 7, 1 / 7, 6 / 7, 3 / 7])
+    assert ranks.iloc[8] == 0.5  # a micro-batch of one
+    for q in (0.1, 0.25, 0.49, 0.51, 0.9):
+        above = np.asarray(ppl) > np.quantile(ppl, q)
+        assert list(above) == list(ranks[:8] > q)
+
+
+def test_eu_plane_epoch_choice(tmp_path):
+    experiment = build_experiment(tmp_path, trace_for={("q_tuning", "s0.25-t0.5", 0): Q_TRACE}, world_meta=META)
+    from qtbench.noise import load_meta
+    from qtbench.tables import load_runs
+
+    runs = load_runs(experiment["runs"])
+    for epoch in (0, 1, -1, -2, 7):  # 7: not in the trace -> the last epoch
+        paths = plots.eu_plane(runs, tmp_path / f"eu{epoch}", meta=load_meta(experiment["meta"]), epoch=epoch)
+        assert all(p.stat().st_size > 1000 for p in paths)

@@ -125,7 +125,7 @@ EFFECTIVE = {
 }
 
 
-def write_run(root: Path, method, budget, seed, *, summary_extra=None, trace=None, samples=None, model="tiny") -> Path:
+def write_run(root: Path, method, budget, seed, *, summary_extra=None, trace=None, model="tiny") -> Path:
     run_dir = root / "runs" / model / method / budget / f"seed{seed}" / "checkpoint"
     run_dir.mkdir(parents=True)
     r_s, r_t, total = split_budget(budget)
@@ -135,8 +135,6 @@ def write_run(root: Path, method, budget, seed, *, summary_extra=None, trace=Non
     summary.update(summary_extra or {})
     (run_dir / "train_summary.json").write_text(json.dumps(summary))
     (run_dir / "trace.jsonl").write_text("".join(json.dumps(r) + "\n" for r in (trace or [])))
-    if samples is not None:
-        (run_dir / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in samples))
     return run_dir
 
 
@@ -150,12 +148,13 @@ KNOWN_TRACE = [
 ]
 
 
-def build_experiment(root: Path, samples_for=None, world_meta=None) -> dict:
+def build_experiment(root: Path, trace_for=None, world_meta=None) -> dict:
     """Evaluation records and checkpoint folders of :data:`RUNS` under ``root``.
-    ``samples_for`` maps (method, budget, seed) to a per-sample trace."""
+    ``trace_for`` maps (method, budget, seed) to the run's trace rows (with
+    per-sample decisions) in place of the default trace."""
     root = Path(root)
     evals, run_dirs = [], []
-    samples_for = samples_for or {}
+    trace_for = trace_for or {}
     for method, budget, seed, arc, gsm in RUNS:
         path = root / "evals" / f"{method}-{budget}-{seed}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -171,8 +170,8 @@ def build_experiment(root: Path, samples_for=None, world_meta=None) -> dict:
             trace = KNOWN_TRACE
         if method == "q_tuning":
             trace = Q_TRACE
-        run_dirs.append(write_run(root, method, budget, seed, summary_extra=extra, trace=trace,
-                                  samples=samples_for.get((method, budget, seed))))
+        trace = trace_for.get((method, budget, seed), trace)
+        run_dirs.append(write_run(root, method, budget, seed, summary_extra=extra, trace=trace))
     base = root / "evals" / "base.json"
     base.write_text(json.dumps(BASE))
     evals.append(base)

@@ -140,3 +140,16 @@ def test_trace_carries_per_sample_decisions(tiny_model_dir, records_file, tmp_pa
             assert (quadrant in ("Q2", "Q4", "Q2+", "Q4+")) == kept
         seen += samples["id"]
     assert sorted(seen) == list(range(24))  # one epoch: every record once
+
+
+def test_epoch_plan_is_traced(tiny_model_dir, records_file, tmp_path):
+    cfg = run_config("random", "0.5", "1", epochs=2)
+    summary = train(cfg, tmp_path / "out", str(tiny_model_dir), str(records_file), progress=False)
+    rows = [json.loads(line) for line in (tmp_path / "out" / "trace.jsonl").read_text().splitlines()]
+    plans = [r for r in rows if "epoch_plan" in r]
+    assert [r["epoch"] for r in plans] == [0, 1]  # the first row of each epoch
+    for plan in plans:
+        assert len(plan["epoch_plan"]["id"]) == 12 and plan["epoch_plan"]["n_records"] == 24
+        trained = {i for r in rows if r["epoch"] == plan["epoch"] for i in r["samples"]["id"]}
+        assert trained == set(plan["epoch_plan"]["id"])
+    assert summary["samples_trained"] == 24

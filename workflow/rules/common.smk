@@ -95,4 +95,4 @@ def table_paths():
 
 
 def final_outputs():
-    return table_paths()
+    return aggregate_outputs()  # tables and plots (report.smk)
