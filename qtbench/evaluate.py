@@ -82,14 +82,14 @@ def evaluate(
         model_args["revision"] = entry["revision"]
     if eval_cfg.get("max_length"):
         model_args["max_length"] = int(eval_cfg["max_length"])
-    gen_kwargs = {"max_gen_toks": int(eval_cfg["max_gen_toks"])} if eval_cfg.get("max_gen_toks") else None
-
-    by_shots: dict[int, list[str]] = defaultdict(list)
+    # one lm-eval call per (shots, max_gen_toks): both apply to every task of a call
+    by_shots: dict[tuple[int, int | None], list[str]] = defaultdict(list)
     for task in tasks:
-        by_shots[int(task.get("num_fewshot", 0))].append(task["name"])
+        limit = task.get("max_gen_toks") or eval_cfg.get("max_gen_toks")
+        by_shots[(int(task.get("num_fewshot", 0)), int(limit) if limit else None)].append(task["name"])
     started = time.time()
     merged: dict[str, Any] = {"results": {}, "versions": {}, "n-shot": {}, "higher_is_better": {}, "n-samples": {}}
-    for shots, group in sorted(by_shots.items()):
+    for (shots, max_gen_toks), group in sorted(by_shots.items(), key=lambda item: (item[0][0], item[0][1] or 0)):
         out = lm_eval.simple_evaluate(
             model="vllm" if backend == "vllm" else "hf",
             model_args=model_args,
@@ -101,7 +101,7 @@ def evaluate(
             bootstrap_iters=int(eval_cfg.get("bootstrap_iters", 0)),
             task_manager=manager,
             log_samples=False,
-            gen_kwargs=gen_kwargs,
+            gen_kwargs={"max_gen_toks": max_gen_toks} if max_gen_toks else None,
             random_seed=int(eval_cfg.get("seed", 1234)),
             numpy_random_seed=int(eval_cfg.get("seed", 1234)),
             torch_random_seed=int(eval_cfg.get("seed", 1234)),

@@ -261,6 +261,29 @@ def make_optimizer(model: Any, lr: float, weight_decay: float) -> torch.optim.Op
         return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
 
 
+def add_lora(model: Any, lora: Mapping[str, Any]) -> Any:
+    """``model`` with LoRA adapters (``train.lora.rank > 0``; peft), only the
+    adapters trainable; ``model`` itself for rank 0 (full fine-tuning).  The
+    stats pass and the loss run through the adapted model, as the paper's."""
+    rank = int(lora.get("rank", 0) or 0)
+    if rank <= 0:
+        return model
+    from peft import LoraConfig, get_peft_model
+
+    target = lora.get("target", "all-linear")
+    config = LoraConfig(r=rank, lora_alpha=float(lora.get("alpha") or 2 * rank), lora_dropout=float(lora.get("dropout", 0.0)),
+                        target_modules=target if isinstance(target, str) else list(target), task_type="CAUSAL_LM")
+    return get_peft_model(model, config)
+
+
+def merged_model(model: Any) -> Any:
+    """What the checkpoint folder holds: the base model with the LoRA weights
+    merged in (a plain model lm-eval loads), or ``model`` itself."""
+    if hasattr(model, "merge_and_unload"):
+        return model.merge_and_unload()
+    return model
+
+
 def _trim(batch: dict[str, torch.Tensor], rows: torch.Tensor) -> dict[str, torch.Tensor]:
     """Rows of a right-padded batch, cut to their longest attended length."""
     sub = {k: v[rows] for k, v in batch.items()}
@@ -336,6 +359,7 @@ def train(
     info = DatasetInfo(records, [e.response_length for e in examples], scores)
 
     model = load_model(base_model, entry, device)
+    model = add_lora(model, tcfg.get("lora") or {})
     model.train()
     required = method.required_stats
     ref = load_model(reference_model, entry, device).eval() if "ref_nll" in required else None
@@ -446,7 +470,7 @@ def train(
     counters.wall_time_s = counters_start_time + (time.time() - started)
     summary = _summary(cfg, counters, examples, epochs, model, report, truncated, total_steps)
     with atomic_directory(out_dir) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
+        merged_model(model).save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         shutil.copyfile(trace_path, tmp / "trace.jsonl")
         write_json_atomic(tmp / "train_summary.json", summary)

@@ -1,5 +1,6 @@
 # Shared helpers: validated config, run list, paths. Everything about names and
 # budgets comes from qtbench.config, the one place that defines them.
+import copy
 import json
 import shlex
 import sys
@@ -13,6 +14,12 @@ import qtbench
 from qtbench import config as qconfig
 from qtbench.pruning import parse_method, SAMPLE_PRUNERS
 
+# `--configfile` merges mappings key by key, so a config that names its own models
+# (config/paper.yaml) would also inherit the default's `tiny` world model: models
+# given on the command line replace the default's instead.
+_cli_config = workflow.config_settings.overwrite_config or {}
+if "models" in _cli_config:
+    config["models"] = copy.deepcopy(_cli_config["models"])
 _resolved = qconfig.validate_config(config)
 config.clear()
 config.update(_resolved)
@@ -23,6 +30,11 @@ RUNS = qconfig.expand_runs(config)
 RUN_BY_ID = {run.run_id: run for run in RUNS}
 # The qtbench of this tree, run by the Python that runs Snakemake.
 QTBENCH = f"PYTHONPATH={shlex.quote(str(REPO))}${{PYTHONPATH:+:$PYTHONPATH}} {shlex.quote(sys.executable)} -m qtbench.cli"
+# A GPU rule's command: `{ON_GPUS} {resources.gpu} -- {QTBENCH_CMD} <verb> ...`.  The launcher
+# pins the job to that many free GPUs of the machine (CUDA_VISIBLE_DEVICES; none for 0), so
+# `--resources gpu=N` jobs never share a GPU; under SLURM the allocation's GPUs are used.
+ON_GPUS = f"PYTHONPATH={shlex.quote(str(REPO))}${{PYTHONPATH:+:$PYTHONPATH}} {shlex.quote(sys.executable)} -m qtbench.distributed launch --gpus"
+QTBENCH_CMD = f"{shlex.quote(sys.executable)} -m qtbench.cli"
 USES_WORLD = qconfig.uses_world(config)
 
 
@@ -43,6 +55,16 @@ def run_of(wildcards):
     if run_id not in RUN_BY_ID:
         raise ValueError(f"run {run_id} is not in the config's grid")
     return RUN_BY_ID[run_id]
+
+
+def job_gpus(rule, model=None):
+    """GPUs one job of ``rule`` uses: ``resources.gpus.<rule>``, for training
+    overridden per model by ``resources.train_gpus_by_model``.  (A profile's or
+    the command line's ``--set-resources <rule>:gpu=N`` overrides both.)"""
+    by_model = config["resources"]["train_gpus_by_model"]
+    if rule == "train" and model in by_model:
+        return int(by_model[model])
+    return int(config["resources"]["gpus"].get(rule, 0))
 
 
 def model_entry(model):

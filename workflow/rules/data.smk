@@ -67,12 +67,14 @@ rule reference_model:
         run_config=lambda wc: as_arg(reference_run_config(wc.model)),
         base=lambda wc: base_model_path(wc.model),
     threads: config["train"]["threads"]
+    resources:
+        gpu=job_gpus("reference_model"),
     log:
         f"{R}/logs/reference_model/{{model}}.log",
     conda:
         "../../environment.yml"
     shell:
-        "{QTBENCH} train --run-config {params.run_config} --base-model {params.base} "
+        "{ON_GPUS} {resources.gpu} -- {QTBENCH_CMD} train --run-config {params.run_config} --base-model {params.base} "
         "--data {input.data} --out {output} > {log} 2>&1"
 
 
@@ -92,10 +94,12 @@ rule static_scores:
     wildcard_constraints:
         sample_method="[a-z][a-z0-9_]*",
     threads: config["train"]["threads"]
+    resources:
+        gpu=job_gpus("static_scores"),
     log:
         f"{R}/logs/static_scores/{{model}}/{{sample_method}}.log",
     conda:
         "../../environment.yml"
     shell:
-        "{QTBENCH} score-static --method {wildcards.sample_method} --model {params.model} "
+        "{ON_GPUS} {resources.gpu} -- {QTBENCH_CMD} score-static --method {wildcards.sample_method} --model {params.model} "
         "--data {params.data} --options {params.options} --model-entry {params.entry} --data-config {params.data_config} --out {output} > {log} 2>&1"

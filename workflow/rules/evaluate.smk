@@ -26,12 +26,14 @@ rule evaluate:
         tasks=tasks_arg(),
         version=qtbench.__version__,
     threads: config["eval"]["threads"]
+    resources:
+        gpu=job_gpus("evaluate"),
     log:
         f"{R}/logs/evaluate/{{model}}/{{method}}/{{budget}}/seed{{seed}}.log",
     conda:
         "../../environment.yml"
     shell:
-        "{QTBENCH} evaluate --model-path {input.model} --eval-config {params.eval_config} {params.tasks} "
+        "{ON_GPUS} {resources.gpu} -- {QTBENCH_CMD} evaluate --model-path {input.model} --eval-config {params.eval_config} {params.tasks} "
         "--model-entry {params.entry} --meta {params.meta} --wandb {params.wandb} --wandb-dir {params.wandb_dir} "
         "--experiment {EXP} --out {output} > {log} 2>&1"
 
@@ -53,10 +55,12 @@ rule evaluate_base:
         tasks=tasks_arg(),
         version=qtbench.__version__,
     threads: config["eval"]["threads"]
+    resources:
+        gpu=job_gpus("evaluate_base"),
     log:
         f"{R}/logs/evaluate/{{model}}/base.log",
     conda:
         "../../environment.yml"
     shell:
-        "{QTBENCH} evaluate --model-path {params.model} --eval-config {params.eval_config} {params.tasks} "
+        "{ON_GPUS} {resources.gpu} -- {QTBENCH_CMD} evaluate --model-path {params.model} --eval-config {params.eval_config} {params.tasks} "
         "--model-entry {params.entry} --meta {params.meta} --out {output} > {log} 2>&1"

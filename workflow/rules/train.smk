@@ -45,7 +45,7 @@ rule train:
         version=qtbench.__version__,
     threads: config["train"]["threads"]
     resources:
-        gpu=0,
+        gpu=lambda wc: job_gpus("train", wc.model),
     log:
         f"{R}/logs/train/{{model}}/{{method}}/{{budget}}/seed{{seed}}.log",
     benchmark:
@@ -53,5 +53,5 @@ rule train:
     conda:
         "../../environment.yml"
     shell:
-        "{QTBENCH} train --run-config {params.run_config} --base-model {params.base} --data {params.data} "
+        "{ON_GPUS} {resources.gpu} -- {QTBENCH_CMD} train --run-config {params.run_config} --base-model {params.base} --data {params.data} "
         "{params.extra} --state-dir {params.state} --wandb-dir {params.wandb_dir} --out {output} > {log} 2>&1"

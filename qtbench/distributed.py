@@ -1,0 +1,548 @@
+"""Several GPUs, one decision: the pruning path under ``torch.distributed``.
+
+Q-Tuning's thresholds are quantiles of the micro-batch, and every token
+pruner ranks inside a micro-batch, so a pruning decision depends on which
+samples share the batch.  qtbench keeps that batch fixed by the config
+(``train.micro_batch_size``) whatever the number of processes: with ``W``
+processes, each *global* micro-batch of ``B`` samples is split into ``W``
+contiguous row shards (:func:`shard_rows`), and
+
+1. every rank computes :class:`~qtbench.pruning.BatchStats` for its own rows
+   (the no-grad stats pass; under FSDP all ranks must run it together anyway);
+2. the stats are gathered (:func:`gather_stats`): rows in rank order, the
+   token axis padded to the longest shard with zeros / ``False`` - exactly the
+   values the stats pass writes at padded positions, so the gathered stats
+   equal those of one process that collated the whole micro-batch;
+3. rank 0 calls the method's ``select`` on the global stats and broadcasts the
+   :class:`~qtbench.pruning.Selection` (``decide_on="all"`` lets every rank
+   decide instead: the same input and the same code give the same answer);
+4. every rank keeps its own rows (:func:`scatter_selection`), cut back to its
+   own token width, and back-propagates only those.
+
+:func:`select_distributed` does 2-4 in one call.  The decision is therefore a
+function of the global micro-batch's statistics only - the same for 1, 2 or 8
+GPUs (``tests/test_distributed.py`` checks it with 2 and 3 CPU processes over
+gloo against one process, for Q-Tuning and baseline pairs).  Random pruners
+draw from generators seeded by (seed, step, epoch, sample ids) and the
+gathered token width equals one process's, so their draws agree too.  What
+cannot be promised is bit-identical *statistics* over a whole run: gradients
+summed over ranks round differently from one process's sum, so after the
+first update the weights - and every later NLL - agree only to float
+precision (~1e-7 relative); a decision could then differ only where two
+samples' scores tie to that precision.  (Each rank pads its shard to the whole
+micro-batch's width, so a row's statistics do not depend on its shard.)
+
+How the trainer uses it (``qtbench train`` under ``accelerate launch`` or
+``torchrun``; one process per GPU):
+
+* :func:`init_from_env` joins the process group the launcher describes
+  (``WORLD_SIZE``, ``RANK``, ``LOCAL_RANK``; NCCL on CUDA, gloo on CPU) and
+  :func:`local_device` picks ``cuda:LOCAL_RANK``;
+* every rank builds the same seeded epoch order and takes its rows of each
+  global micro-batch (:func:`local_rows`);
+* the loss of a window is each rank's kept-token CE sum divided by the
+  window's kept tokens over *all* ranks (:func:`global_sum`), and after the
+  window :func:`all_reduce_gradients` sums the gradients - so the update is
+  one process's on the whole window (no DDP wrapper needed; with DDP instead,
+  multiply each rank's loss by :func:`ddp_loss_scale` and let its all-reduce
+  average);
+* loss-history methods (InfoBatch) see every rank's per-sample losses
+  (:func:`gather_observations`), so the method state - and each epoch plan -
+  is the same on every rank; counters and trace rows are global sums
+  (:func:`global_sums`);
+* only rank 0 writes the trace, checkpoints and the final model
+  (:func:`barrier` around them).
+
+Under FSDP (full fine-tuning of 7B+ models) the same decision path applies;
+the gradient reduction is FSDP's own, and the stats pass must go through the
+wrapped model's ``forward`` (or keep ``lm_head`` in its own FSDP unit):
+``qtbench.stats`` calls the decoder and the LM head separately, and a
+parameter of the root unit is only gathered inside the root's forward.
+
+Which GPUs a job uses on one machine is :func:`main`'s job
+(``python -m qtbench.distributed launch --gpus N -- <command>``): it takes N
+free GPUs by lock files, sets ``CUDA_VISIBLE_DEVICES`` and runs the command
+(with ``--distributed``, under ``accelerate launch`` with N processes).  Under
+SLURM the allocation already says which GPUs are the job's, and no locks are
+taken.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
+
+if TYPE_CHECKING:  # torch is imported where it is used: the launcher starts without it
+    import torch
+    from torch import Tensor
+
+    from qtbench.pruning import BatchStats, Selection
+
+__all__ = [
+    "all_reduce_gradients", "barrier", "broadcast_object", "ddp_loss_scale", "gather_observations", "gather_stats",
+    "global_sum", "global_sums", "init_from_env", "is_distributed", "local_device", "local_rows", "rank_and_world",
+    "scatter_selection", "select_distributed", "shard_rows",
+]
+
+
+# --------------------------------------------------------------------------- process group
+
+
+def is_distributed(group: Any = None) -> bool:
+    """True when a process group with more than one process is initialised."""
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size(group) > 1
+
+
+def rank_and_world(group: Any = None) -> tuple[int, int]:
+    """(rank, world size) in ``group``; (0, 1) without a process group."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return 0, 1
+    return dist.get_rank(group), dist.get_world_size(group)
+
+
+def _comm_device(group: Any = None) -> torch.device:
+    """Where tensor collectives run: the current CUDA device for NCCL, else the CPU."""
+    import torch
+    import torch.distributed as dist
+
+    if dist.get_backend(group) == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def init_from_env(device: str | torch.device | None = None) -> tuple[int, int]:
+    """Join the process group that ``accelerate launch`` / ``torchrun`` describe
+    in the environment (``WORLD_SIZE`` > 1, ``RANK``, ``LOCAL_RANK``,
+    ``MASTER_ADDR``/``MASTER_PORT``): NCCL for CUDA, gloo otherwise.  Returns
+    (rank, world size); (0, 1) for a plain single process.  Idempotent."""
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1 or not dist.is_available():
+        return 0, 1
+    if not dist.is_initialized():
+        import torch
+
+        cuda = torch.device(device).type == "cuda" if device is not None else torch.cuda.is_available()
+        if cuda:
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group("nccl" if cuda else "gloo")
+    return rank_and_world()
+
+
+def local_device(device: torch.device) -> torch.device:
+    """This rank's device: ``cuda:LOCAL_RANK`` for CUDA under a process group."""
+    import torch
+
+    if device.type == "cuda" and is_distributed():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", torch.cuda.current_device())))
+    return device
+
+
+def barrier(group: Any = None) -> None:
+    """Wait for every rank (no-op without a process group)."""
+    if is_distributed(group):
+        import torch.distributed as dist
+
+        dist.barrier(group=group)
+
+
+def all_reduce_gradients(parameters: Any, group: Any = None) -> None:
+    """Sum every trainable parameter's gradient over ranks, in place (one
+    flat buffer per dtype).  With each rank's loss divided by the *global*
+    kept-token count (:func:`global_sum`), the summed gradient is the one a
+    single process computes on the whole window - no DDP wrapper, no
+    ``no_sync`` bookkeeping, and a rank without kept samples just contributes
+    zeros.  (DDP's bucketed overlap is faster on many GPUs; FSDP reduces its
+    own shards.)"""
+    if not is_distributed(group):
+        return
+    import torch
+    import torch.distributed as dist
+
+    params = [p for p in parameters if p.requires_grad]
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    by_dtype: dict[Any, list] = {}
+    for p in params:
+        by_dtype.setdefault((p.grad.dtype, p.grad.device), []).append(p)
+    for group_params in by_dtype.values():
+        flat = torch.cat([p.grad.reshape(-1) for p in group_params])
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=group)
+        offset = 0
+        for p in group_params:
+            n = p.grad.numel()
+            p.grad.copy_(flat[offset:offset + n].view_as(p.grad))
+            offset += n
+
+
+def global_sums(values: Sequence[int], group: Any = None) -> list[int]:
+    """Element-wise sums over ranks of a few integer counters (one all-reduce)."""
+    if not is_distributed(group):
+        return list(values)
+    import torch
+    import torch.distributed as dist
+
+    tensor = torch.tensor(list(values), dtype=torch.int64, device=_comm_device(group))
+    dist.all_reduce(tensor, op=dist.ReduceOp.SUM, group=group)
+    return [int(v) for v in tensor.tolist()]
+
+
+def local_rows(indices: Sequence[int], group: Any = None) -> list[int]:
+    """This rank's share of a global micro-batch's data-set indices."""
+    rank, world = rank_and_world(group)
+    return list(indices)[shard_rows(len(indices), world)[rank]]
+
+
+# --------------------------------------------------------------------------- sharding
+
+
+def shard_rows(batch_size: int, world_size: int) -> list[slice]:
+    """Contiguous row shards of a global micro-batch, one per rank, in rank
+    order; sizes differ by at most one (the first ranks take the extra rows),
+    and a rank gets an empty shard when ``batch_size < world_size``.
+
+    Every rank builds the same global micro-batch (the same seeded epoch
+    order) and takes ``indices[shard_rows(B, W)[rank]]``."""
+    if batch_size < 0 or world_size < 1:
+        raise ValueError(f"need batch_size >= 0 and world_size >= 1, got {batch_size}, {world_size}")
+    base, extra = divmod(batch_size, world_size)
+    slices, start = [], 0
+    for rank in range(world_size):
+        size = base + (1 if rank < extra else 0)
+        slices.append(slice(start, start + size))
+        start += size
+    return slices
+
+
+# --------------------------------------------------------------------------- gather / scatter
+
+
+def _all_gather_rows(tensor: Tensor, width: int, fill: Any, sizes: Sequence[int], group: Any, device: torch.device
+                     ) -> Tensor:
+    """All ranks' ``[B_r, T_r]`` (or ``[B_r]``) tensors, padded to ``width``
+    columns with ``fill``, concatenated along rows in rank order."""
+    import torch
+    import torch.distributed as dist
+
+    world = len(sizes)
+    rows_max = max(sizes)
+    dtype = tensor.dtype
+    wire_dtype = torch.uint8 if dtype == torch.bool else dtype  # NCCL has no bool
+    shape = (rows_max, width) if tensor.dim() == 2 else (rows_max,)
+    padded = torch.full(shape, fill, dtype=wire_dtype, device=device)
+    if tensor.dim() == 2:
+        padded[: tensor.shape[0], : tensor.shape[1]] = tensor.to(device=device, dtype=wire_dtype)
+    else:
+        padded[: tensor.shape[0]] = tensor.to(device=device, dtype=wire_dtype)
+    parts = [torch.empty_like(padded) for _ in range(world)]
+    dist.all_gather(parts, padded, group=group)
+    out = torch.cat([part[:size] for part, size in zip(parts, sizes)], dim=0)
+    return out.to(dtype)
+
+
+def gather_stats(local: BatchStats, group: Any = None) -> tuple[BatchStats, list[slice], list[int]]:
+    """The global micro-batch's stats from every rank's shard.
+
+    Returns ``(stats, row_slices, widths)``: the gathered stats (rows in rank
+    order, the token axis padded to the widest shard with 0 / ``False``, on
+    ``local``'s device), each rank's rows in them, and each rank's own token
+    width.  Without a process group, ``local`` itself."""
+    if not is_distributed(group):
+        return local, [slice(0, local.batch_size)], [int(local.nll.shape[1])]
+    import torch.distributed as dist
+
+    from qtbench.pruning import BatchStats
+
+    rank, world = rank_and_world(group)
+    device = _comm_device(group)
+    extras = sorted(local.extras)
+    meta = [None] * world
+    dist.all_gather_object(meta, {"rows": local.batch_size, "width": int(local.nll.shape[1]), "extras": extras,
+                                  "step": int(local.step), "epoch": int(local.epoch),
+                                  "dtype": str(local.nll.dtype)}, group=group)
+    for other in meta:
+        for key in ("extras", "step", "epoch", "dtype"):
+            if other[key] != meta[0][key]:
+                raise RuntimeError(f"ranks disagree on the stats' {key}: {meta[0][key]!r} vs {other[key]!r} "
+                                   "(every rank must score the same global micro-batch with the same method)")
+    sizes = [m["rows"] for m in meta]
+    widths = [m["width"] for m in meta]
+    width = max(widths)
+    gather = lambda t, fill: _all_gather_rows(t, width, fill, sizes, group, device).to(local.nll.device)  # noqa: E731
+    stats = BatchStats(
+        nll=gather(local.nll, 0),
+        entropy=gather(local.entropy, 0),
+        response_mask=gather(local.response_mask.bool(), False),
+        attention_mask=gather(local.attention_mask.bool(), False),
+        sample_ids=_all_gather_rows(local.sample_ids.long(), width, -1, sizes, group, device).cpu(),
+        step=local.step,
+        epoch=local.epoch,
+        extras={name: gather(local.extras[name], 0) for name in extras},
+    )
+    starts = [sum(sizes[:r]) for r in range(world)]
+    return stats, [slice(s, s + n) for s, n in zip(starts, sizes)], widths
+
+
+def scatter_selection(selection: Selection, rows: slice, width: int) -> Selection:
+    """One rank's part of a global selection: its rows (also of the
+    per-sample trace values), its own token width.
+
+    Positions past ``width`` are padding of that rank's rows and can never be
+    kept (the token mask is a subset of the response mask); that is checked."""
+    from qtbench.pruning import Selection
+
+    token_keep = selection.token_keep[rows]
+    if token_keep.shape[1] > width and bool(token_keep[:, width:].any()):
+        raise RuntimeError("the selection keeps a padded position of this rank's rows")
+    out = Selection(
+        sample_keep=selection.sample_keep[rows].clone(),
+        token_keep=token_keep[:, :width].clone(),
+        sample_weight=selection.sample_weight[rows].clone(),
+        trace=dict(selection.trace),
+    )
+    per_sample = getattr(selection, "per_sample", None)
+    if per_sample:  # per-sample trace values (lists of length B): this rank's rows
+        out.per_sample = {name: list(values[rows]) for name, values in per_sample.items()}
+    return out
+
+
+def broadcast_object(obj: Any, src: int = 0, group: Any = None) -> Any:
+    """``obj`` of rank ``src`` on every rank (pickled; for selections, epoch
+    plans and other small objects).  Without a process group, ``obj``."""
+    if not is_distributed(group):
+        return obj
+    import torch.distributed as dist
+
+    box = [obj]
+    dist.broadcast_object_list(box, src=src, group=group)
+    return box[0]
+
+
+def _selection_to_cpu(selection: Selection) -> Selection:
+    from qtbench.pruning import Selection
+
+    out = Selection(selection.sample_keep.cpu(), selection.token_keep.cpu(), selection.sample_weight.cpu(),
+                    dict(selection.trace))
+    if getattr(selection, "per_sample", None):
+        out.per_sample = {name: list(values) for name, values in selection.per_sample.items()}
+    return out
+
+
+def select_distributed(method: Any, local: BatchStats, group: Any = None, decide_on: str = "rank0",
+                       with_global: bool = False) -> Selection | tuple[Selection, Selection]:
+    """Gather the shards' stats, decide once on the global micro-batch, and
+    return this rank's rows of the decision (see the module docstring).
+
+    ``decide_on="rank0"``: rank 0 runs ``method.select`` and broadcasts the
+    selection (the method's state then only matters on rank 0);
+    ``"all"``: every rank runs it on the identical gathered stats (no
+    broadcast; every rank must hold the same method state).  Without a
+    process group this is ``method.select(local)``.  ``with_global=True``
+    returns ``(this rank's rows, the whole micro-batch's selection)`` (the
+    trace is written from the latter)."""
+    if decide_on not in ("rank0", "all"):
+        raise ValueError(f"decide_on must be 'rank0' or 'all', got {decide_on!r}")
+    if not is_distributed(group):
+        selection = method.select(local)
+        return (selection, selection) if with_global else selection
+    rank, _ = rank_and_world(group)
+    stats, rows, widths = gather_stats(local, group)
+    if decide_on == "all":
+        selection = method.select(stats)
+    else:
+        selection = _selection_to_cpu(method.select(stats)) if rank == 0 else None
+        selection = broadcast_object(selection, 0, group)
+    mine = scatter_selection(selection, rows[rank], widths[rank])
+    return (mine, selection) if with_global else mine
+
+
+def gather_observations(sample_ids: Tensor, losses: Tensor, group: Any = None) -> tuple[Tensor, Tensor]:
+    """Every rank's (sample ids, per-sample losses), concatenated in rank order,
+    for ``method.observe`` (loss histories must see the whole batch)."""
+    if not is_distributed(group):
+        return sample_ids, losses
+    import torch
+    import torch.distributed as dist
+
+    _, world = rank_and_world(group)
+    parts: list[Any] = [None] * world
+    dist.all_gather_object(parts, (sample_ids.detach().cpu(), losses.detach().float().cpu()), group=group)
+    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+
+def global_sum(value: int | float, group: Any = None) -> int | float:
+    """The sum of ``value`` over ranks (e.g. the window's kept tokens, the loss
+    denominator); ``value`` itself without a process group."""
+    if not is_distributed(group):
+        return value
+    import torch
+    import torch.distributed as dist
+
+    is_int = isinstance(value, int) and not isinstance(value, bool)
+    tensor = torch.tensor([value], dtype=torch.int64 if is_int else torch.float64, device=_comm_device(group))
+    dist.all_reduce(tensor, op=dist.ReduceOp.SUM, group=group)
+    return int(tensor.item()) if is_int else float(tensor.item())
+
+
+def ddp_loss_scale(group: Any = None) -> float:
+    """What to multiply a rank's loss by under DDP, whose all-reduce averages
+    gradients over ranks: the world size (so the update equals one process's
+    on the whole window when each rank's loss is its kept-token CE sum divided
+    by the global kept-token count)."""
+    return float(rank_and_world(group)[1])
+
+
+# --------------------------------------------------------------------------- GPUs of one machine
+
+
+def visible_gpus() -> list[str]:
+    """The GPUs this process may use: ``CUDA_VISIBLE_DEVICES`` entries when set,
+    else ``0..n-1`` for the devices torch sees."""
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env is not None:
+        return [g.strip() for g in env.split(",") if g.strip() and g.strip() != "-1"]
+    import torch
+
+    return [str(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+
+
+@contextlib.contextmanager
+def claim_gpus(count: int, lock_dir: str | Path, candidates: Sequence[str] | None = None,
+               timeout_s: float | None = None, poll_s: float = 5.0) -> Iterator[list[str]]:
+    """Hold ``count`` GPUs of this machine exclusively (one ``flock``-ed file per
+    GPU in ``lock_dir``) for the ``with`` block; wait until enough are free.
+
+    Snakemake's ``--resources gpu=N`` caps how many GPUs the running jobs ask
+    for in total, not which ones they use: without this every job would run on
+    GPU 0.  Locks die with the process, so a killed job frees its GPUs."""
+    candidates = list(visible_gpus() if candidates is None else candidates)
+    if count < 0:
+        raise ValueError(f"count must be >= 0, got {count}")
+    if count > len(candidates):
+        raise RuntimeError(f"{count} GPU(s) asked for, but this machine shows {len(candidates)}: {candidates}")
+    lock_dir = Path(lock_dir)
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    held: list[tuple[str, Any]] = []
+    try:
+        while True:
+            for gpu in candidates:
+                if len(held) == count:
+                    break
+                if any(g == gpu for g, _ in held):
+                    continue
+                handle = open(lock_dir / f"gpu{gpu}.lock", "a+")
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError:
+                    handle.close()
+                    continue
+                handle.seek(0)
+                handle.truncate()
+                handle.write(f"{os.getpid()}\n")
+                handle.flush()
+                held.append((gpu, handle))
+            if len(held) == count:
+                break
+            # not enough free: give back what we hold (no deadlock between jobs), wait, retry
+            for _, handle in held:
+                handle.close()
+            held.clear()
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"no {count} free GPU(s) among {candidates} within {timeout_s} s (locks in {lock_dir})")
+            time.sleep(poll_s)
+        yield [gpu for gpu, _ in held]
+    finally:
+        for _, handle in held:
+            handle.close()
+
+
+def free_port() -> int:
+    """A TCP port that is free now (for a process group's rendezvous)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def launch_command(command: Sequence[str], processes: int, port: int | None = None) -> list[str]:
+    """``command`` as it runs on ``processes`` GPUs: unchanged for one, else
+    ``python -m accelerate.commands.launch --multi_gpu --num_processes N ...``
+    around a ``<python> -m <module> ...`` or ``<script> ...`` command."""
+    command = list(command)
+    if processes <= 1:
+        return command
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
+                "--num_machines", "1", "--main_process_port", str(port or free_port())]
+    if len(command) >= 3 and Path(command[0]).name.startswith("python") and command[1] == "-m":
+        return launcher + ["-m", command[2], *command[3:]]
+    return launcher + command
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m qtbench.distributed",
+        description="Run a command on N GPUs of this machine that no other qtbench job holds.")
+    sub = parser.add_subparsers(dest="verb", required=True)
+    p = sub.add_parser("launch", help="take N free GPUs, set CUDA_VISIBLE_DEVICES, run the command")
+    p.add_argument("--gpus", type=int, required=True, help="GPUs the job uses (a rule's resources.gpu); 0 = none")
+    p.add_argument("--distributed", action="store_true",
+                   help="with N > 1, run the command under `accelerate launch` with N processes")
+    p.add_argument("--lock-dir", default=os.environ.get("QTBENCH_GPU_LOCK_DIR", "/tmp/qtbench-gpu-locks"),
+                   help="one lock file per GPU (default $QTBENCH_GPU_LOCK_DIR or /tmp/qtbench-gpu-locks)")
+    p.add_argument("--timeout", type=float, default=None, help="seconds to wait for free GPUs (default: forever)")
+    p.add_argument("command", nargs=argparse.REMAINDER, help="-- then the command")
+    args = parser.parse_args(argv)
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        parser.error("no command given (put it after --)")
+
+    env = dict(os.environ)
+    if args.gpus <= 0:  # a job that declared no GPU sees none (it would take GPU 0 otherwise)
+        env["CUDA_VISIBLE_DEVICES"] = ""
+        return _run(command, env)
+    scheduler_assigned = "SLURM_JOB_ID" in os.environ or os.environ.get("QTBENCH_NO_GPU_LOCK") == "1"
+    if scheduler_assigned:
+        gpus = visible_gpus()[: args.gpus]
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
+        return _run(launch_command(command, len(gpus) if args.distributed else 1), env)
+    with claim_gpus(args.gpus, args.lock_dir, timeout_s=args.timeout) as gpus:
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
+        print(f"qtbench.distributed: GPU(s) {env['CUDA_VISIBLE_DEVICES']} for: {shlex.join(command)}", file=sys.stderr)
+        return _run(launch_command(command, len(gpus) if args.distributed else 1), env)
+
+
+def _run(command: Sequence[str], env: dict[str, str]) -> int:
+    """Run ``command``; forward SIGTERM/SIGINT (Snakemake cancelling, SLURM
+    preempting) to it and return its exit status."""
+    child = subprocess.Popen(list(command), env=env)
+
+    def forward(signum, _frame):
+        with contextlib.suppress(ProcessLookupError):
+            child.send_signal(signum)
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        return child.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

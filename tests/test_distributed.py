@@ -1,0 +1,363 @@
+"""The distributed decision path (qtbench/distributed.py) on CPU: 2 and 3
+processes over gloo make exactly the decisions one process makes on the same
+global micro-batch - kept samples, kept tokens, weights and trace - for
+Q-Tuning and baseline pairs (random draws, sample and token scores, a
+statistic from ``extras``)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from qtbench import distributed as qd
+from qtbench.pruning import BatchStats, Budget, build_method
+
+#: (method, options) pairs every worker decides with, one process vs several.
+METHODS = [
+    ("q_tuning", {}),
+    ("q_tuning", {"q_tuning": {"preset": "paper_text"}}),
+    ("entropy+ppl", {}),
+    ("random+random", {"random": {"mode": "batch"}}),
+    ("infobatch+fastv", {}),
+]
+BUDGET = Budget(0.25, 0.5)
+
+
+def global_batch(batch: int, seed: int) -> tuple[BatchStats, list[int]]:
+    """Stats of one global micro-batch as one process's stats pass leaves them:
+    rows of different lengths right-padded to the longest, zeros (False) at
+    padded positions, prompt then response; and each row's attended length."""
+    gen = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(6, 30, (batch,), generator=gen).tolist()
+    width = max(lengths)
+    nll = torch.rand(batch, width, generator=gen) * 4
+    entropy = torch.rand(batch, width, generator=gen) * 6
+    attention_received = torch.rand(batch, width, generator=gen)
+    attention = torch.zeros(batch, width, dtype=torch.bool)
+    response = torch.zeros(batch, width, dtype=torch.bool)
+    for row, n in enumerate(lengths):
+        attention[row, :n] = True
+        prompt = int(torch.randint(1, n - 2, (1,), generator=gen))
+        response[row, prompt:n] = True
+    stats = BatchStats.from_tensors(nll * response, entropy * attention, response, attention,
+                                    sample_ids=torch.arange(100, 100 + batch) * 7, step=3, epoch=1,
+                                    attention_received=attention_received * attention)
+    return stats, lengths
+
+
+def local_shard(stats: BatchStats, lengths: list[int], rows: slice) -> BatchStats:
+    """What one rank's own stats pass gives for ``rows``: those rows collated
+    alone, i.e. cut to their own longest row."""
+    width = max(lengths[rows], default=0)
+    cut = stats.take(torch.arange(stats.batch_size)[rows])
+    return BatchStats(cut.nll[:, :width], cut.entropy[:, :width], cut.response_mask[:, :width],
+                      cut.attention_mask[:, :width], cut.sample_ids, cut.step, cut.epoch,
+                      {k: v[:, :width] for k, v in cut.extras.items()})
+
+
+def _worker(rank: int, world: int, port: int, out_dir: str, cases: list[tuple[int, int]], decide_on: str) -> None:
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        results = {}
+        for batch, seed in cases:
+            stats, lengths = global_batch(batch, seed)
+            shard = qd.shard_rows(batch, world)[rank]
+            local = local_shard(stats, lengths, shard)
+            gathered, rows, widths = qd.gather_stats(local)
+            results[key(batch, seed, "gathered")] = stats_dict(gathered)
+            for name, options in METHODS:
+                method = build_method(name, BUDGET, options, seed=0)
+                selection = qd.select_distributed(method, local, decide_on=decide_on)
+                results[key(batch, seed, name, options)] = selection_dict(selection)
+        results["sum"] = qd.global_sum(rank + 1)
+        results["sum_float"] = qd.global_sum(0.5)
+        ids, losses = qd.gather_observations(torch.tensor([rank]), torch.tensor([float(rank) / 2]))
+        results["observations"] = (ids, losses)
+        results["broadcast"] = qd.broadcast_object({"rank": rank}, src=0)
+        torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))  # plain tensors: loads with weights_only
+    finally:
+        dist.destroy_process_group()
+
+
+def run_ranks(world: int, tmp_path, cases, decide_on: str = "rank0") -> list[dict]:
+    mp.spawn(_worker, args=(world, qd.free_port(), str(tmp_path), cases, decide_on), nprocs=world, join=True)
+    return [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(world)]
+
+
+def key(*parts) -> str:
+    return repr(parts)
+
+
+def stats_dict(stats: BatchStats) -> dict:
+    return {"nll": stats.nll, "entropy": stats.entropy, "response_mask": stats.response_mask,
+            "attention_mask": stats.attention_mask, "sample_ids": stats.sample_ids, "step": stats.step,
+            "epoch": stats.epoch, "extras": dict(stats.extras)}
+
+
+def selection_dict(selection) -> dict:
+    return {"sample_keep": selection.sample_keep, "token_keep": selection.token_keep,
+            "sample_weight": selection.sample_weight, "trace": dict(selection.trace),
+            "per_sample": dict(getattr(selection, "per_sample", {}) or {})}
+
+
+def assert_same_selection(local: dict, reference, rows: slice, width: int) -> None:
+    assert torch.equal(local["sample_keep"], reference.sample_keep[rows])
+    assert torch.equal(local["token_keep"], reference.token_keep[rows, :width])
+    assert not reference.token_keep[rows, width:].any()
+    assert torch.equal(local["sample_weight"], reference.sample_weight[rows])
+    assert local["trace"] == reference.trace
+    per_sample = getattr(reference, "per_sample", {}) or {}
+    assert local["per_sample"] == {k: list(v[rows]) for k, v in per_sample.items()}
+
+
+def check_against_one_process(results: list[dict], world: int, cases) -> None:
+    for batch, seed in cases:
+        stats, lengths = global_batch(batch, seed)
+        shards = qd.shard_rows(batch, world)
+        for rank, shard in enumerate(shards):
+            gathered = results[rank][key(batch, seed, "gathered")]
+            # the gathered stats are exactly the one-process stats of the global batch
+            for name in ("nll", "entropy", "response_mask", "attention_mask", "sample_ids"):
+                assert torch.equal(gathered[name], getattr(stats, name)), name
+            assert torch.equal(gathered["extras"]["attention_received"], stats.extras["attention_received"])
+            assert (gathered["step"], gathered["epoch"]) == (stats.step, stats.epoch)
+        for name, options in METHODS:
+            reference = build_method(name, BUDGET, options, seed=0).select(stats)
+            assert reference.sample_keep.any()
+            for rank, shard in enumerate(shards):
+                width = max(lengths[shard], default=0)
+                assert_same_selection(results[rank][key(batch, seed, name, options)], reference, shard, width)
+            # the ranks' rows put back together are the one-process decision
+            kept = torch.cat([results[r][key(batch, seed, name, options)]["sample_keep"] for r in range(world)])
+            assert torch.equal(kept, reference.sample_keep)
+
+
+def test_two_processes_decide_like_one(tmp_path):
+    cases = [(8, 0), (8, 1), (16, 2)]
+    results = run_ranks(2, tmp_path, cases)
+    check_against_one_process(results, 2, cases)
+    assert [r["sum"] for r in results] == [3, 3]
+    assert [r["sum_float"] for r in results] == [1.0, 1.0]
+    for r in results:
+        ids, losses = r["observations"]
+        assert ids.tolist() == [0, 1] and losses.tolist() == [0.0, 0.5]
+        assert r["broadcast"] == {"rank": 0}
+
+
+def test_three_processes_uneven_and_empty_shards_every_rank_deciding(tmp_path):
+    # 8 rows on 3 ranks: shards of 3, 3, 2; 2 rows on 3 ranks: one rank has none
+    cases = [(8, 5), (2, 6)]
+    results = run_ranks(3, tmp_path, cases, decide_on="all")
+    check_against_one_process(results, 3, cases)
+
+
+def test_single_process_is_a_pass_through():
+    stats, _ = global_batch(8, 0)
+    method = build_method("q_tuning", BUDGET, {}, seed=0)
+    assert not qd.is_distributed()
+    gathered, rows, widths = qd.gather_stats(stats)
+    assert gathered is stats and rows == [slice(0, 8)] and widths == [stats.nll.shape[1]]
+    selection = qd.select_distributed(method, stats)
+    reference = method.select(stats)
+    assert torch.equal(selection.token_keep, reference.token_keep)
+    assert qd.global_sum(5) == 5 and qd.ddp_loss_scale() == 1.0
+    assert qd.broadcast_object("x") == "x"
+
+
+def test_shard_rows_cover_the_batch_in_order():
+    for batch in range(0, 20):
+        for world in range(1, 9):
+            shards = qd.shard_rows(batch, world)
+            assert len(shards) == world
+            assert [i for s in shards for i in range(batch)[s]] == list(range(batch))
+            sizes = [s.stop - s.start for s in shards]
+            assert max(sizes) - min(sizes) <= 1 and sizes == sorted(sizes, reverse=True)
+    with pytest.raises(ValueError):
+        qd.shard_rows(4, 0)
+
+
+def test_scatter_refuses_a_kept_padding_position():
+    stats, lengths = global_batch(4, 0)
+    selection = build_method("full", BUDGET, {}, seed=0).select_without_stats(stats.response_mask)
+    selection.token_keep[0, -1] = True
+    short = lengths[0] - 1
+    if short < stats.nll.shape[1] - 1:
+        with pytest.raises(RuntimeError, match="padded position"):
+            qd.scatter_selection(selection, slice(0, 1), short)
+
+
+# --------------------------------------------------------------------------- GPUs of one machine
+
+
+def test_launch_command_wraps_a_module_in_accelerate():
+    command = [sys.executable, "-m", "qtbench.cli", "train", "--out", "x"]
+    assert qd.launch_command(command, 1) == command
+    wrapped = qd.launch_command(command, 4, port=29511)
+    assert wrapped[:3] == [sys.executable, "-m", "accelerate.commands.launch"]
+    assert wrapped[wrapped.index("--num_processes") + 1] == "4" and "--multi_gpu" in wrapped
+    assert wrapped[wrapped.index("--main_process_port") + 1] == "29511"
+    assert wrapped[wrapped.index("-m", 3):] == ["-m", "qtbench.cli", "train", "--out", "x"]
+
+
+def test_claim_gpus_never_hands_out_a_gpu_twice(tmp_path):
+    gpus = ["0", "1", "2"]
+    with qd.claim_gpus(2, tmp_path, gpus) as first:
+        assert len(first) == 2
+        with qd.claim_gpus(1, tmp_path, gpus) as second:
+            assert len(second) == 1 and second[0] not in first
+            # a fourth GPU is not there: a third job waits, then times out
+            with pytest.raises(TimeoutError):
+                with qd.claim_gpus(1, tmp_path, gpus, timeout_s=0.2, poll_s=0.05):
+                    pass
+    with qd.claim_gpus(3, tmp_path, gpus) as all_three:  # everything was given back
+        assert sorted(all_three) == gpus
+    with pytest.raises(RuntimeError, match="shows 3"):
+        with qd.claim_gpus(4, tmp_path, gpus):
+            pass
+
+
+def test_claim_gpus_waits_for_a_gpu_to_be_given_back(tmp_path):
+    gpus = ["0"]
+    released = threading.Event()
+
+    def hold():
+        with qd.claim_gpus(1, tmp_path / "locks", gpus):
+            time.sleep(0.3)
+        released.set()
+
+    # the holder is another process in real use; flock locks are per open file, so a thread shows it too
+    holder = threading.Thread(target=hold)
+    holder.start()
+    time.sleep(0.05)
+    started = time.monotonic()
+    with qd.claim_gpus(1, tmp_path / "locks", gpus, timeout_s=5, poll_s=0.05) as got:
+        assert got == ["0"] and released.is_set()
+    assert time.monotonic() - started >= 0.1
+    holder.join()
+
+
+def test_launch_cli_pins_the_command_to_its_gpus(tmp_path):
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "3,5", "QTBENCH_GPU_LOCK_DIR": str(tmp_path)}
+    env.pop("SLURM_JOB_ID", None)
+    show = [sys.executable, "-c", "import os; print('SEEN=' + os.environ['CUDA_VISIBLE_DEVICES'])"]
+    done = subprocess.run([sys.executable, "-m", "qtbench.distributed", "launch", "--gpus", "1", "--", *show],
+                          capture_output=True, text=True, env=env, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "SEEN=3" in done.stdout
+    none = subprocess.run([sys.executable, "-m", "qtbench.distributed", "launch", "--gpus", "0", "--", *show],
+                          capture_output=True, text=True, env=env, timeout=60)
+    assert none.returncode == 0 and "SEEN=\n" in none.stdout  # a job without GPUs sees none
+    failing = subprocess.run([sys.executable, "-m", "qtbench.distributed", "launch", "--gpus", "0", "--",
+                              sys.executable, "-c", "raise SystemExit(7)"], capture_output=True, text=True, env=env,
+                             timeout=60)
+    assert failing.returncode == 7
+
+
+# --------------------------------------------------------------------------- the trainer on two processes
+
+TRAIN_IS_DISTRIBUTED = "select_distributed" in (Path(qd.__file__).parent / "train.py").read_text(encoding="utf-8")
+TRAIN_METHODS = ["q_tuning", "infobatch+ppl", "random+random", "entropy+fastv", "full"]
+
+
+def _tiny_world(root: Path) -> tuple[Path, Path]:
+    from qtbench.world.generate import build_world
+    from qtbench.world.pretrain import pretrain_base_model
+
+    build_world({"seed": 0, "n_countries": 30, "n_people": 8, "n_sft": 40, "n_reference": 8, "n_eval_per_task": 4},
+                root / "world")
+    pretrain_base_model(root / "world", {"steps": 0, "max_minutes": 0.1, "hidden_size": 32, "n_layers": 2,
+                                         "n_heads": 2, "intermediate_size": 64, "vocab_size": 512},
+                        root / "base", 0)
+    return root / "world" / "sft.jsonl", root / "base"
+
+
+def _train_configs(data: Path, base: Path) -> list[dict]:
+    from qtbench.config import expand_runs, train_config, validate_config
+
+    cfg = validate_config({
+        "experiment": "dist", "models": {"tiny": {"path": str(base)}}, "data": {"source": str(data)},
+        "train": {"epochs": 2, "micro_batch_size": 7, "grad_accum": 2, "lr": 1e-2, "warmup_ratio": 0.0,
+                  "max_length": 128, "checkpoint_every": 0, "log_every": 1, "threads": 1},
+        "methods": TRAIN_METHODS, "budgets": [{"r_s": 0.5, "r_t": 0.5}], "seeds": [0],
+        "method_options": {"random": {"mode": "batch"}, "infobatch": {"anneal": 0.0}},
+        "eval": {"tasks": [{"name": "unused"}]}, "wandb": {"mode": "disabled"},
+    })
+    return [train_config(cfg, run) for run in expand_runs(cfg)]
+
+
+def _train_worker(rank: int, world: int, port: int, root: str, data: str, base: str, configs: list[dict]) -> None:
+    import torch.distributed as dist
+
+    from qtbench.train import train
+
+    os.environ.update({"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world),
+                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "QTBENCH_NO_PROGRESS": "1"})
+    try:
+        for cfg in configs:
+            out = Path(root) / f"world{world}" / cfg["run"]["run_id"]
+            train(cfg, out / "checkpoint", base, data, state_dir=out / "state", progress=False)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def assert_close(a, b, where: str) -> None:
+    """Equal trace rows: every decision (ids, kept flags, counts, quadrants)
+    exactly; statistics and losses up to float rounding (each rank's forward
+    runs on fewer rows, which may change the last bits)."""
+    if isinstance(a, float) or isinstance(b, float):
+        assert a == pytest.approx(b, rel=1e-4, abs=1e-6), where
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for k in a:
+            assert_close(a[k], b[k], f"{where}.{k}")
+    elif isinstance(a, list):
+        assert len(a) == len(b), where
+        for x, y in zip(a, b):
+            assert_close(x, y, where)
+    else:
+        assert a == b, where
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not TRAIN_IS_DISTRIBUTED, reason="qtbench/train.py does not run under several processes yet")
+def test_training_on_two_processes_equals_one(tmp_path):
+    """`qtbench train` under 2 processes (gloo, each rank half of every micro-batch,
+    a 7-row micro-batch so the shards are uneven) makes the decisions of one
+    process and ends with the same weights (up to float summation order)."""
+    import json
+
+    from safetensors.torch import load_file
+
+    data, base = _tiny_world(tmp_path)
+    configs = _train_configs(data, base)
+    _train_worker(0, 1, 0, str(tmp_path), str(data), str(base), configs)
+    mp.spawn(_train_worker, args=(2, qd.free_port(), str(tmp_path), str(data), str(base), configs), nprocs=2, join=True)
+    for cfg in configs:
+        run_id = cfg["run"]["run_id"]
+        one, two = (tmp_path / f"world{w}" / run_id / "checkpoint" for w in (1, 2))
+        rows = [[json.loads(line) for line in (d / "trace.jsonl").read_text().splitlines()] for d in (one, two)]
+        assert len(rows[0]) == len(rows[1]) > 0, run_id
+        for a, b in zip(*rows):
+            assert_close(a, b, run_id)
+        summaries = [json.loads((d / "train_summary.json").read_text()) for d in (one, two)]
+        for key in ("optimizer_steps", "samples_seen", "samples_trained", "loss_tokens", "input_tokens_trained",
+                    "input_tokens_scored", "micro_batches", "empty_micro_batches"):
+            assert summaries[0][key] == summaries[1][key], (run_id, key)
+        assert summaries[1]["processes"] == 2
+        weights = [load_file(str(d / "model.safetensors")) for d in (one, two)]
+        for name, tensor in weights[0].items():
+            assert torch.allclose(tensor, weights[1][name], atol=1e-5, rtol=1e-4), (run_id, name)
+        base_weights = load_file(str(base / "model.safetensors"))
+        assert any(not torch.equal(t, base_weights[n]) for n, t in weights[0].items())  # it did train
