@@ -131,20 +131,24 @@ def budgets_for(method: str, pairs: Iterable[tuple[str, str]]) -> list[tuple[str
     return out
 
 
-def budget_pairs(config: Mapping[str, Any]) -> list[tuple[str, str]]:
+def budget_pairs(config: Mapping[str, Any], method: str | None = None) -> list[tuple[str, str]]:
+    """The joint (r_s, r_t) pairs of the config, or of ``method_budgets.<method>``
+    when the config gives that method its own list (e.g. a Q-Tuning budget curve
+    beside baselines at one shared budget)."""
+    own = (config.get("method_budgets") or {}).get(method) if method else None
+    entries, key = (own, f"method_budgets.{method}") if own else (config["budgets"], "budgets")
     pairs = []
-    for i, entry in enumerate(config["budgets"]):
-        pairs.append((ratio_str(entry["r_s"], f"budgets[{i}].r_s"), ratio_str(entry["r_t"], f"budgets[{i}].r_t")))
+    for i, entry in enumerate(entries):
+        pairs.append((ratio_str(entry["r_s"], f"{key}[{i}].r_s"), ratio_str(entry["r_t"], f"{key}[{i}].r_t")))
     return pairs
 
 
 def expand_runs(config: Mapping[str, Any]) -> list[RunSpec]:
     """Every training run the config asks for, in a stable order."""
-    pairs = budget_pairs(config)
     runs = []
     for model in config["models"]:
         for method in config["methods"]:
-            for r_s, r_t in budgets_for(method, pairs):
+            for r_s, r_t in budgets_for(method, budget_pairs(config, method)):
                 for seed in config["seeds"]:
                     runs.append(RunSpec(model, method, r_s, r_t, int(seed)))
     return sorted(set(runs), key=lambda r: (r.model, config["methods"].index(r.method), r.budget, r.seed))
@@ -223,6 +227,10 @@ def _check_semantics(config: dict[str, Any]) -> None:
         except ValueError as exc:
             raise ConfigError(f"config key 'methods[{i}]': {exc}") from None
     budget_pairs(config)
+    for method in config.get("method_budgets") or {}:
+        if method not in config["methods"]:
+            raise ConfigError(f"config key 'method_budgets.{method}': {method!r} is not in 'methods'")
+        budget_pairs(config, method)
     for name in config["models"]:
         if not re.fullmatch(MODEL_PATTERN, name):
             raise ConfigError(f"config key 'models.{name}': model names use letters, digits, '_', '.', '-'")
