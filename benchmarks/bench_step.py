@@ -32,6 +32,7 @@ import json
 import platform
 import resource
 import statistics
+import tempfile
 import subprocess
 import sys
 import time
@@ -127,7 +128,7 @@ def time_hf_trainer(batches, examples, args):
     result = []
     for _ in range(args.repeats):
         model = make_model(args.vocab, args.hidden, args.layers)
-        targs = TrainingArguments(output_dir="/tmp/qtbench-bench-hf", per_device_train_batch_size=args.batch,
+        targs = TrainingArguments(output_dir=str(Path(tempfile.gettempdir()) / "qtbench-bench-hf"), per_device_train_batch_size=args.batch,
                                   max_steps=len(batches), learning_rate=1e-4, lr_scheduler_type="constant",
                                   report_to="none", save_strategy="no", logging_strategy="no", use_cpu=True,
                                   dataloader_num_workers=0, disable_tqdm=True, seed=0, optim="adamw_torch_fused")

@@ -73,6 +73,7 @@ import argparse
 import contextlib
 import fcntl
 import os
+import tempfile
 import shlex
 import signal
 import socket
@@ -503,8 +504,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--gpus", type=int, required=True, help="GPUs the job uses (a rule's resources.gpu); 0 = none")
     p.add_argument("--distributed", action="store_true",
                    help="with N > 1, run the command under `accelerate launch` with N processes")
-    p.add_argument("--lock-dir", default=os.environ.get("QTBENCH_GPU_LOCK_DIR", "/tmp/qtbench-gpu-locks"),
-                   help="one lock file per GPU (default $QTBENCH_GPU_LOCK_DIR or /tmp/qtbench-gpu-locks)")
+    p.add_argument("--lock-dir", default=os.environ.get("QTBENCH_GPU_LOCK_DIR", os.path.join(tempfile.gettempdir(), "qtbench-gpu-locks")),
+                   help="one lock file per GPU (default $QTBENCH_GPU_LOCK_DIR or <tmp>/qtbench-gpu-locks)")
     p.add_argument("--timeout", type=float, default=None, help="seconds to wait for free GPUs (default: forever)")
     p.add_argument("command", nargs=argparse.REMAINDER, help="-- then the command")
     args = parser.parse_args(argv)

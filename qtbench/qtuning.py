@@ -7,7 +7,7 @@ code (GitHub ``Q-tuning/Q-tuning``, file
 ``LLaMA-Factory/src/llamafactory/train/sft/trainer.py``: ``_compute_ppl_entropy``,
 ``_dynamic_threshold_search_bisect`` and the ``plug == "wisely"`` branch of
 ``compute_loss``), computed in float64 so that the quantiles and comparisons
-are those of ``numpy``; ``/work/shared/design/paper.md`` describes the method
+are those of ``numpy``; the design note ``paper.md`` (shared design folder) describes the method
 and where the paper text and the code disagree.
 
 Calling it without a model
