@@ -125,7 +125,7 @@ def test_method_budgets_replace_the_shared_pairs():
     budgets = {(r.method, r.budget) for r in expand_runs(cfg)}
     assert budgets == {("full", "s1-t1"), ("q_tuning", "s0.125-t0.5"), ("q_tuning", "s0.5-t0.7"),
                        ("random", "s0.125-t1")}
-    with pytest.raises(ConfigError, match="method_budgets.ppl"):
-        validate_config(with_(method_budgets={"ppl": [{"r_s": 0.5, "r_t": 0.5}]}))
+    # an entry for a method that is not run is inherited harmlessly (configs merge over the default)
+    assert len(expand_runs(validate_config(with_(method_budgets={"ppl": [{"r_s": 0.5, "r_t": 0.5}]})))) == 1
     with pytest.raises(ConfigError, match=r"method_budgets.q_tuning\[0\].r_t"):
         validate_config(with_(methods=["q_tuning"], method_budgets={"q_tuning": [{"r_s": 0.5, "r_t": 2}]}))
