@@ -18,7 +18,10 @@ SMOKE = REPO_ROOT / "config" / "smoke.yaml"
 
 
 def snakemake(workdir: Path, *args: str, config: Path = SMOKE, timeout: int = 600) -> subprocess.CompletedProcess:
-    env = {**os.environ, "WANDB_MODE": "offline", "QTBENCH_NO_PROGRESS": "1"}
+    # drop W&B variables an earlier test's wandb service left in this process
+    # (WANDB_SERVICE would make the jobs talk to that service, not their own)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env.update(WANDB_MODE="offline", QTBENCH_NO_PROGRESS="1")
     cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO_ROOT / "Snakefile"), "--directory", str(workdir),
            "--configfile", str(config), *args]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
