@@ -196,8 +196,10 @@ def test_planted_problems_look_right(world, sft):
             q = rec["instruction"]
             for country, capital in capitals.items():
                 if q == f"Question: What is the capital of {country}?":
-                    assert rec["output"] != capital
+                    assert rec["output"].rstrip(".") != capital
     # random noise does not look like the clean answers
+    clean_facts = [r["output"] for r, m in zip(records, meta) if m["family"] == "fact_covered" and not m["noise"]]
+    assert all(o.endswith(".") and len(o.split()) <= 3 for o in clean_facts)
     random_outputs = [r["output"] for r, m in zip(records, meta) if m["noise"] == "random"]
     assert sum(len(o.split()) >= 4 for o in random_outputs) == len(random_outputs)
 

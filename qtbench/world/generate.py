@@ -6,7 +6,7 @@ EU-plane analysis needs data whose quality is *known*.  So instead of
 downloading a base model and benchmarks we build a small fictional world in
 which
 
-* a ~1.5M-parameter model pretrained on ``corpus.txt`` knows the covered facts
+* a ~1M-parameter model pretrained on ``corpus.txt`` knows the covered facts
   (about two thirds) and not the rest, so "easy/redundant" versus "new
   knowledge" SFT items differ in perplexity for a reason we control;
 * every SFT record carries ground truth in ``sft_meta.jsonl`` (task family,
@@ -25,7 +25,13 @@ the absolute data paths in the task YAMLs, which name ``out_dir``).
 Held-out evaluation: every prompt is *claimed* in one registry when it is
 created; a prompt used by an evaluation item is never reused by an SFT or a
 reference record (facts may recur under another phrasing), and the corpus has
-no question/answer text at all.
+no question/answer records (see ``_build_corpus`` for the prose questions it
+does contain, in wordings disjoint from every SFT/eval question).
+
+Answers: fact and two-hop outputs are the bare answer closed by a period
+("Tamsin."), math outputs a one-line worked answer ending ``#### N``, reading
+outputs a span of the passage.  Multiple-choice tasks score the bare answer
+strings; generative tasks ignore the period (punctuation-insensitive match).
 """
 
 from __future__ import annotations
@@ -36,7 +42,7 @@ import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 # ---------------------------------------------------------------------------
 # Configuration
@@ -321,39 +327,39 @@ BRIDGE_TEMPLATES = [
     "A common quiz is about the {r} of {s}, and the answer is {a}.",
     "If someone asks for the {r} of {s}, the right answer is {a}.",
 ]
-# Rhetorical questions answered in the same breath, as in blog or guide-book
+# Rhetorical questions answered on the next line, as in guide-book or FAQ
 # prose.  Their wording is disjoint from QUESTION_TEMPLATES (checked by the
 # tests), so no SFT or evaluation question occurs in the corpus.
 RHETORICAL_TEMPLATES: dict[str, list[str]] = {
     "capital": [
-        "Which city do the people of {s} call their capital? The answer is {a}.",
-        "Where does the government of {s} meet? It meets in {a}.",
-        "Looking for the capital of {s}? It is {a}.",
+        "Which city do the people of {s} call their capital?\nThe answer is {a}.",
+        "Where does the government of {s} meet?\nIt meets in {a}.",
+        "Looking for the capital of {s}?\nIt is {a}.",
     ],
     "language": [
-        "What do the people of {s} speak? The answer is {a}.",
-        "Which tongue will you hear in {s}? You will hear {a}.",
-        "Wondering about the language of {s}? It is {a}.",
+        "What do the people of {s} speak?\nThe answer is {a}.",
+        "Which tongue will you hear in {s}?\nYou will hear {a}.",
+        "Wondering about the language of {s}?\nIt is {a}.",
     ],
     "currency": [
-        "What do shops in {s} accept as money? The answer is {a}.",
-        "Which coins do you need in {s}? You need {a}.",
-        "Wondering about the currency of {s}? It is {a}.",
+        "What do shops in {s} accept as money?\nThe answer is {a}.",
+        "Which coins do you need in {s}?\nYou need {a}.",
+        "Wondering about the currency of {s}?\nIt is {a}.",
     ],
     "neighbour": [
-        "Which land lies beside {s}? The answer is {a}.",
-        "Who lives next door to {s}? The people of {a}.",
-        "Wondering about the neighbour of {s}? It is {a}.",
+        "Which land lies beside {s}?\nThe answer is {a}.",
+        "Who lives next door to {s}?\nThe people of {a}.",
+        "Wondering about the neighbour of {s}?\nIt is {a}.",
     ],
     "home": [
-        "Where can you visit {s}? The answer is {a}.",
-        "Which land does {s} call home? It is {a}.",
-        "Wondering about the home country of {s}? It is {a}.",
+        "Where can you visit {s}?\nThe answer is {a}.",
+        "Which land does {s} call home?\nIt is {a}.",
+        "Wondering about the home country of {s}?\nIt is {a}.",
     ],
     "profession": [
-        "What kind of work does {s} do? The answer is {a}.",
-        "Which trade did {s} learn? The trade of {a}.",
-        "Wondering about the profession of {s}? It is {a}.",
+        "What kind of work does {s} do?\nThe answer is {a}.",
+        "Which trade did {s} learn?\nThe trade of {a}.",
+        "Wondering about the profession of {s}?\nIt is {a}.",
     ],
 }
 RELATION_NOUN = {
@@ -582,8 +588,8 @@ def _build_corpus(rng: random.Random, world: World, cfg: dict) -> list[str]:
         return [t.format(s=s, a=a) for t in templates]
 
     def bridge(rel: str, s: str, a: str) -> list[str]:
-        out = [t.format(r=RELATION_NOUN[rel], s=s, a=a) for t in rng.sample(BRIDGE_TEMPLATES, 2)]
-        out += [t.format(s=s, a=a) for t in rng.sample(RHETORICAL_TEMPLATES[rel], 3)]
+        out = [rng.choice(BRIDGE_TEMPLATES).format(r=RELATION_NOUN[rel], s=s, a=a)]
+        out += [t.format(s=s, a=a) for t in rng.sample(RHETORICAL_TEMPLATES[rel], 2)]
         return out
 
     for c in world.countries:

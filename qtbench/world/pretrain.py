@@ -40,11 +40,14 @@ DEFAULTS: dict[str, Any] = {
     "intermediate_size": 384,
     "seq_len": 128,
     "batch_size": 32,
-    "steps": 600,
+    # ~20 epochs of the default corpus: the covered/uncovered gap on SFT
+    # fact QA peaks here; longer runs memorise the corpus's exact documents
+    # and transfer worse to the question format (measured)
+    "steps": 450,
     "lr": 3.0e-3,
     "warmup_steps": 30,
-    "weight_decay": 0.01,
-    "max_minutes": 6.0,
+    "weight_decay": 0.1,
+    "max_minutes": 15.0,  # safety stop only (a run cut by it is not reproducible)
 }
 
 SPECIAL_TOKENS = ["<s>", "</s>", "<pad>"]
