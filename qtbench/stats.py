@@ -10,6 +10,8 @@ logits' memory).  Everything runs under ``torch.inference_mode``.
 
 from __future__ import annotations
 
+import contextlib
+import copy
 from typing import Any, Iterable, Sequence
 
 import torch
@@ -21,9 +23,90 @@ DEFAULT_CHUNK = 128
 
 
 def _final_hidden(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, attentions: bool = False):
+    """The decoder's last hidden states and, with ``attentions``, FastV's
+    ``[B, L]`` attention received in the final layer (else ``None``)."""
     backbone = model.get_decoder() if hasattr(model, "get_decoder") else model.model
-    out = backbone(input_ids=input_ids, attention_mask=attention_mask, output_attentions=attentions, use_cache=False)
-    return out.last_hidden_state, (out.attentions if attentions else None)
+    if not attentions:
+        return backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state, None
+    with _last_layer_attention(backbone, attention_mask) as captured:
+        hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+    if "received" not in captured:
+        raise RuntimeError(f"{type(model).__name__}: the final attention layer did not go through transformers' "
+                           "attention interface, so FastV's attention scores cannot be read")
+    return hidden, captured["received"]
+
+
+_CAPTURE = "qtbench_last_layer"
+
+
+@contextlib.contextmanager
+def _last_layer_attention(backbone: Any, attention_mask: torch.Tensor):
+    """Read the final layer's attention probabilities without materialising
+    every layer's (``output_attentions`` needs eager attention in *all*
+    layers: ``[layers, B, H, T, T]``, tens of GB for a 7B model at 2k tokens).
+
+    Only the last attention module is routed through a registered attention
+    function that sees its post-RoPE queries and keys, accumulates the
+    attention each key receives head by head (one ``[B, T, T]`` block alive),
+    and then calls the model's own implementation (SDPA, flash, eager) for the
+    output, which is therefore unchanged.  The probabilities are causal
+    softmax(q·k·scale) over attended keys - what eager attention returns (no
+    sliding window: qtbench's sequences are shorter than any window)."""
+    from transformers import AttentionInterface
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    if _CAPTURE not in ALL_ATTENTION_FUNCTIONS:
+        AttentionInterface.register(_CAPTURE, _capturing_attention)
+    module = _last_attention_module(backbone)
+    captured: dict[str, Any] = {"mask": attention_mask, "inner": module.config._attn_implementation}
+    original = module.config
+    module.config = copy.copy(original)
+    module.config._attn_implementation = _CAPTURE
+    module._qtbench_capture = captured
+    try:
+        yield captured
+    finally:
+        module.config = original
+        del module._qtbench_capture
+
+
+def _last_attention_module(backbone: Any) -> Any:
+    layers = getattr(backbone, "layers", None) or getattr(backbone, "h", None)
+    attention = getattr(layers[-1], "self_attn", None) if layers else None
+    if attention is None or not hasattr(attention, "config"):
+        raise RuntimeError(f"{type(backbone).__name__}: cannot find the final layer's attention module "
+                           "(expected .layers[-1].self_attn, as in Llama, Mistral and Qwen)")
+    return attention
+
+
+def _capturing_attention(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
+    captured = module._qtbench_capture
+    captured["received"] = _received_from_qk(query, key, captured["mask"], scaling)
+    import sys
+
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    own_eager = sys.modules[type(module).__module__].eager_attention_forward
+    inner = ALL_ATTENTION_FUNCTIONS.get_interface(captured["inner"], own_eager)
+    return inner(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
+
+
+def _received_from_qk(query: torch.Tensor, key: torch.Tensor, attention_mask: torch.Tensor, scaling: float
+                      ) -> torch.Tensor:
+    """Attention each key position receives, summed over attended query
+    positions, mean over heads: ``[B, L]`` from ``query [B, H, L, D]`` and
+    ``key [B, H_kv, L, D]`` (grouped-query heads share their key head)."""
+    heads, length = query.shape[1], query.shape[2]
+    groups = heads // key.shape[1]
+    keys_on = attention_mask.bool()
+    allowed = torch.ones(length, length, dtype=torch.bool, device=query.device).tril()[None] & keys_on[:, None, :]
+    query_on = attention_mask.to(torch.float32)[:, :, None]
+    received = torch.zeros(query.shape[0], length, dtype=torch.float32, device=query.device)
+    for head in range(heads):
+        scores = (query[:, head].float() @ key[:, head // groups].float().transpose(-1, -2)) * scaling
+        probs = torch.softmax(scores.masked_fill(~allowed, float("-inf")), dim=-1).nan_to_num(0.0)
+        received += (probs * query_on).sum(dim=1)
+    return received / heads
 
 
 def token_nll_entropy(
@@ -70,21 +153,18 @@ def token_nll_entropy(
         if want_el2n:
             out["el2n"] = el2n
         if want_attention:
-            out["attention_received"] = _attention_received(attn[-1], attention_mask)
+            out["attention_received"] = _attention_received(attn, attention_mask)
         return out
 
 
-def _attention_received(last_attn: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """FastV's score: attention each position receives in the final layer, mean
-    over heads and over the (attended) query positions that can see it; then
-    shifted to loss positions (the token a loss position predicts)."""
-    weights = last_attn.float().mean(dim=1)  # [B, Lq, Lk]
-    query = attention_mask.float()[:, :, None]
-    received = (weights * query).sum(dim=1)  # [B, Lk]
-    # query positions that can attend to key k (causal): those at or after k
+def _attention_received(received: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """FastV's score from the final layer's attention each key position
+    received (summed over attended queries, mean over heads): divided by the
+    number of attended query positions that can see it (causal: those at or
+    after it), then shifted to loss positions (the token a loss position
+    predicts)."""
     seen_by = torch.flip(torch.cumsum(torch.flip(attention_mask.float(), [1]), 1), [1]).clamp_min(1.0)
-    received = received / seen_by
-    return received[:, 1:]
+    return (received / seen_by)[:, 1:]
 
 
 def compute_batch_stats(
@@ -107,6 +187,11 @@ def compute_batch_stats(
     if unknown:
         raise ValueError(f"unknown statistics requested: {sorted(unknown)}; known: {sorted(KNOWN_STATS)}")
     input_ids, attention_mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
+    if input_ids.shape[0] == 0:  # a rank's empty shard of a small micro-batch: nothing to run
+        zeros = torch.zeros((0, max(input_ids.shape[1] - 1, 0)), device=input_ids.device)
+        ids = torch.zeros(0, dtype=torch.long) if sample_ids is None else sample_ids
+        return BatchStats(zeros, zeros.clone(), zeros.bool(), zeros.bool(), ids.cpu(), step, epoch,
+                          {k: zeros.clone() for k in required & {"el2n", "attention_received", "ref_nll", "base_nll"}})
     was_training = model.training
     model.eval()
     try:

@@ -68,3 +68,46 @@ def test_attention_received_for_fastv(tiny_model_dir):
     assert received.shape == stats.nll.shape
     assert (received[stats.attention_mask] > 0).all()
     assert (received[~stats.attention_mask] == 0).all()
+
+
+def _eager_reference(model, input_ids, attention_mask):
+    """FastV's score the plain way: every layer's attentions from an eager
+    forward with ``output_attentions``, the final layer's mean over heads,
+    summed over attended queries, divided by the queries that see each key."""
+    model.set_attn_implementation("eager")
+    with torch.no_grad():
+        attn = model(input_ids=input_ids, attention_mask=attention_mask, output_attentions=True).attentions[-1]
+    model.set_attn_implementation("sdpa")
+    weights = attn.double().mean(dim=1) * attention_mask.double()[:, :, None]
+    received = weights.sum(dim=1)
+    seen_by = torch.flip(torch.cumsum(torch.flip(attention_mask.double(), [1]), 1), [1]).clamp_min(1.0)
+    return (received / seen_by)[:, 1:]
+
+
+def test_last_layer_attention_equals_eager_output_attentions():
+    """The stats pass reads only the final layer's attention (through a hook on
+    the attention interface, the model staying on SDPA) and gets what eager
+    ``output_attentions`` gives - for grouped-query Llama and for Qwen2 -
+    while the hidden states are those of a forward without the hook."""
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    from qtbench.stats import _final_hidden
+
+    torch.manual_seed(0)
+    common = dict(vocab_size=50, hidden_size=32, intermediate_size=48, num_hidden_layers=3, num_attention_heads=4,
+                  num_key_value_heads=2, max_position_embeddings=64)
+    lengths = [11, 7, 3]
+    input_ids = torch.randint(3, 50, (3, 11))
+    attention_mask = torch.tensor([[1] * n + [0] * (11 - n) for n in lengths])
+    for model in (LlamaForCausalLM(LlamaConfig(**common)), Qwen2ForCausalLM(Qwen2Config(**common))):
+        model.set_attn_implementation("sdpa")
+        model.eval()
+        expected = _eager_reference(model, input_ids, attention_mask)
+        got = token_nll_entropy(model, input_ids, attention_mask, want_attention=True)["attention_received"]
+        attended = attention_mask[:, 1:].bool()
+        torch.testing.assert_close(got.double()[attended], expected[attended], atol=1e-6, rtol=1e-5)
+        plain, _ = _final_hidden(model, input_ids, attention_mask)
+        hooked, _ = _final_hidden(model, input_ids, attention_mask, attentions=True)
+        torch.testing.assert_close(hooked, plain)
+        assert model.config._attn_implementation == "sdpa"
+        assert model.model.layers[-1].self_attn.config is model.config  # the hook is gone
