@@ -92,7 +92,7 @@ if TYPE_CHECKING:  # torch is imported where it is used: the launcher starts wit
 __all__ = [
     "all_reduce_gradients", "barrier", "broadcast_object", "ddp_loss_scale", "gather_observations", "gather_stats",
     "global_sum", "global_sums", "init_from_env", "is_distributed", "local_device", "local_rows", "rank_and_world",
-    "scatter_selection", "select_distributed", "shard_rows",
+    "scatter_selection", "select_distributed", "selection_to_cpu", "shard_rows",
 ]
 
 
@@ -335,7 +335,8 @@ def broadcast_object(obj: Any, src: int = 0, group: Any = None) -> Any:
     return box[0]
 
 
-def _selection_to_cpu(selection: Selection) -> Selection:
+def selection_to_cpu(selection: Selection) -> Selection:
+    """``selection`` with every tensor on the CPU (to broadcast it, or to index it with CPU row slices)."""
     from qtbench.pruning import Selection
 
     out = Selection(selection.sample_keep.cpu(), selection.token_keep.cpu(), selection.sample_weight.cpu(),
@@ -367,7 +368,7 @@ def select_distributed(method: Any, local: BatchStats, group: Any = None, decide
     if decide_on == "all":
         selection = method.select(stats)
     else:
-        selection = _selection_to_cpu(method.select(stats)) if rank == 0 else None
+        selection = selection_to_cpu(method.select(stats)) if rank == 0 else None
         selection = broadcast_object(selection, 0, group)
     mine = scatter_selection(selection, rows[rank], widths[rank])
     return (mine, selection) if with_global else mine

@@ -29,6 +29,7 @@ fingerprint of config, base model and data); one that cannot be read safely
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -46,6 +47,7 @@ import torch
 import torch.nn.functional as F
 
 import qtbench
+from qtbench import distributed as dist_tools
 from qtbench import tracking
 from qtbench.data import IGNORE_INDEX, collate, tokenize_records
 from qtbench.io import atomic_directory, committed_directory, read_json, write_json_atomic
@@ -295,14 +297,18 @@ def masked_token_losses(model: Any, batch: dict[str, torch.Tensor], token_keep: 
                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per sample: summed cross-entropy over kept loss positions, their count,
     and the (detached) mean cross-entropy over *all* response positions - what
-    loss-history methods such as InfoBatch record, whatever a token pruner kept."""
-    labels = batch["labels"][:, 1:]
-    keep = token_keep[:, : labels.shape[1]].to(labels.device) & (labels != IGNORE_INDEX)
+    loss-history methods such as InfoBatch record, whatever a token pruner kept.
+
+    The labels are shifted (and padded with -100) instead of the logits, so the
+    ``[B, T, V]`` logits are never copied; they are upcast to float32 only when
+    the model runs in lower precision."""
+    width = batch["labels"].shape[1]
+    labels = F.pad(batch["labels"][:, 1:], (0, 1), value=IGNORE_INDEX)  # position t predicts token t+1
+    keep = F.pad(token_keep[:, : width - 1].to(labels.device), (0, 1), value=False) & (labels != IGNORE_INDEX)
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
-    logits = logits[:, :-1]
-    ce = F.cross_entropy(
-        logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), ignore_index=IGNORE_INDEX, reduction="none"
-    ).view(labels.shape)
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    ce = F.cross_entropy(logits.view(-1, logits.shape[-1]), labels.view(-1), ignore_index=IGNORE_INDEX,
+                         reduction="none").view(labels.shape)
     response = labels != IGNORE_INDEX
     full_mean = (ce.detach() * response).sum(dim=1) / response.sum(dim=1).clamp_min(1)
     return (ce * keep).sum(dim=1), keep.sum(dim=1), full_mean
@@ -332,6 +338,8 @@ def train(
     run, tcfg, entry = cfg["run"], cfg["train"], cfg["model"]
     seed = int(run["seed"])
     device = resolve_device("auto")
+    rank, world = dist_tools.init_from_env(device)
+    device = dist_tools.local_device(device)
     if device.type == "cpu":
         torch.set_num_threads(int(tcfg.get("threads", 1)))
     random.seed(seed)
@@ -366,10 +374,11 @@ def train(
     if "ref_nll" in required and reference_model is None:
         raise ValueError(f"method {run['method']!r} needs a reference model (models.{entry['name']}.reference)")
     frozen_base = load_model(base_model, entry, device).eval() if "base_nll" in required else None
-    if "attention_received" in required:
-        model.set_attn_implementation("eager")
 
     epochs, micro, accum = int(tcfg["epochs"]), int(tcfg["micro_batch_size"]), int(tcfg["grad_accum"])
+    if micro < world:
+        raise ValueError(f"train.micro_batch_size={micro} is smaller than the {world} processes: every process "
+                         "needs at least one row of each micro-batch")
     first_plan = method.plan_epoch(0, epochs, info)
     per_epoch = len(first_plan.indices) if first_plan is not None else len(examples)
     total_steps = math.ceil(math.ceil(per_epoch / micro) / accum) * epochs
@@ -384,9 +393,12 @@ def train(
     trace_path = state_dir / TRACE_FILE
     fingerprint = run_fingerprint(cfg, base_model, records, scores, reference_model)
     resumed = load_checkpoint(state_dir, fingerprint)
+    if dist_tools.global_sum(int(resumed is not None)) < world:
+        resumed = None  # every rank resumes, or none does
     if resumed is not None:
         ckpt_dir, state = resumed
-        if not _truncate_lines(trace_path, int(state["counters"]["trace_rows"])):
+        trace_ok = rank != 0 or _truncate_lines(trace_path, int(state["counters"]["trace_rows"]))
+        if not dist_tools.broadcast_object(trace_ok):
             log.warning("%s has fewer rows than checkpoint %s expects; starting afresh", trace_path, ckpt_dir)
             resumed = None
     if resumed is not None:
@@ -406,23 +418,28 @@ def train(
         log.info("resumed %s from %s at epoch %d, step %d", run["run_id"], ckpt_dir, position.epoch,
                  position.counters.optimizer_steps)
     else:
-        _clear_state(state_dir)
-        state_dir.mkdir(parents=True, exist_ok=True)
+        dist_tools.barrier()  # every rank has decided not to resume before rank 0 clears the state
+        if rank == 0:
+            _clear_state(state_dir)
+            state_dir.mkdir(parents=True, exist_ok=True)
+    dist_tools.barrier()
 
     tracker = tracking.start_run(
         cfg.get("wandb", {}), name=run["run_id"], group=cfg.get("experiment", "qtbench"), job_type="train",
         config=dict(cfg), tags=[run["method"], run["budget"], run["model"], f"total={run['total']}"], directory=wandb_dir,
-    )
+    ) if rank == 0 else tracking.Tracker(mode="disabled")  # one W&B run per training, from rank 0
     counters = position.counters
     counters_start_time = counters.wall_time_s
-    bar = _progress(total_steps, counters.optimizer_steps, run["run_id"], progress)
+    bar = _progress(total_steps, counters.optimizer_steps, run["run_id"], progress and rank == 0)
     done = counters.optimizer_steps >= total_steps
-    with trace_path.open("a", encoding="utf-8") as trace:
+    # rank 0 writes the trace, the checkpoints and the model; every rank holds the same counters
+    with (trace_path.open("a", encoding="utf-8") if rank == 0 else contextlib.nullcontext()) as trace:
         for epoch in range(position.epoch, epochs):
             if done:
                 break
             if position.planned_epoch != epoch:
-                position.plan, position.planned_epoch = method.plan_epoch(epoch, epochs, info), epoch
+                plan = method.plan_epoch(epoch, epochs, info)
+                position.plan, position.planned_epoch = dist_tools.broadcast_object(plan), epoch
             plan = position.plan
             indices = plan.indices if plan is not None else list(range(len(examples)))
             weights = plan.weights if plan is not None else {}
@@ -438,6 +455,7 @@ def train(
                 loss = train_window(model, method, windows[w], examples, weights, tokenizer, device, tcfg,
                                     epoch, counters, trace, ref, frozen_base, epoch_plan=plan_row)
                 plan_row = None
+                dist_tools.all_reduce_gradients(model.parameters())
                 if tcfg.get("max_grad_norm"):
                     torch.nn.utils.clip_grad_norm_(model.parameters(), float(tcfg["max_grad_norm"]))
                 optimizer.step()
@@ -457,9 +475,11 @@ def train(
                                 step=counters.optimizer_steps)
                 every = int(tcfg.get("checkpoint_every") or 0)
                 if every and counters.optimizer_steps % every == 0 and counters.optimizer_steps < total_steps:
-                    trace.flush()
-                    os.fsync(trace.fileno())  # the trace holds every row the checkpoint counts
-                    save_checkpoint(state_dir, model, optimizer, scheduler, method, position, fingerprint)
+                    if rank == 0:
+                        trace.flush()
+                        os.fsync(trace.fileno())  # the trace holds every row the checkpoint counts
+                        save_checkpoint(state_dir, model, optimizer, scheduler, method, position, fingerprint)
+                    dist_tools.barrier()
                 if counters.optimizer_steps >= total_steps:
                     done = True
                     break
@@ -469,6 +489,10 @@ def train(
 
     counters.wall_time_s = counters_start_time + (time.time() - started)
     summary = _summary(cfg, counters, examples, epochs, model, report, truncated, total_steps)
+    summary["processes"] = world
+    if rank != 0:
+        dist_tools.barrier()  # rank 0 writes the outputs
+        return summary
     with atomic_directory(out_dir) as tmp:
         merged_model(model).save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
@@ -478,66 +502,98 @@ def train(
     tracker.summary({f"train/{k}": v for k, v in summary.items() if isinstance(v, (int, float))})
     tracker.finish()
     _clear_state(state_dir)
+    dist_tools.barrier()
     return summary
 
 
 def train_window(model, method, window, examples, plan_weights, tokenizer, device, tcfg, epoch,
                   counters: Counters, trace, ref, frozen_base, epoch_plan: dict | None = None) -> float:
-    """Select inside each micro-batch of the window, then back-propagate the kept tokens."""
+    """Select inside each micro-batch of the window, then back-propagate the kept tokens.
+
+    Under a process group (``qtbench.distributed``) every rank collates the
+    whole micro-batch (token ids only: cheap), runs the stats pass and the
+    forward/backward on its own rows only, and holds the *global* selection,
+    so counters and trace rows are those of one process; the loss is divided
+    by the window's kept tokens over all ranks.  The caller sums the
+    gradients over ranks (:func:`qtbench.distributed.all_reduce_gradients`)."""
     pad = tokenizer.pad_token_id
+    rank, world = dist_tools.rank_and_world()
     selected = []
     for batch_indices in window:
-        batch = {k: v.to(device) for k, v in collate([examples[i] for i in batch_indices], pad).items()}
+        full_batch = collate([examples[i] for i in batch_indices], pad)  # padded to the whole micro-batch's width
+        rows = dist_tools.shard_rows(len(batch_indices), world)[rank]
+        batch = {k: v[rows].to(device) for k, v in full_batch.items()}
         ids = torch.tensor(batch_indices)
-        response = batch["labels"][:, 1:] != IGNORE_INDEX
-        if method.needs_stats_pass:
-            stats = compute_batch_stats(model, batch, method.required_stats, ids, counters.optimizer_steps, epoch,
-                                        ref, frozen_base, int(tcfg.get("stats_chunk", 128)))
-            selection = method.select(stats)
-            counters.input_tokens_scored += int(batch["attention_mask"].sum())
-        elif method.needs_select:
-            attended = batch["attention_mask"][:, 1:].bool().cpu()
-            selection = method.select(BatchStats.masks_only(response.cpu(), attended, ids, counters.optimizer_steps, epoch))
-        else:
-            selection = method.select_without_stats(response.cpu())
+        response = full_batch["labels"][:, 1:] != IGNORE_INDEX
+        selection = _select(method, model, batch, full_batch, rows, ids, response, device, tcfg, epoch, counters,
+                            ref, frozen_base)
         if plan_weights:
             selection.sample_weight = selection.sample_weight * torch.tensor([plan_weights.get(i, 1.0) for i in batch_indices])
-        selected.append((batch, ids, response, selection))
+        selected.append((batch, full_batch, rows, ids, response, selection))
+    # the loss denominator: kept tokens of the whole window (every rank holds the global selections)
     window_tokens = sum(int((s.token_keep & s.sample_keep[:, None]).sum()) for *_, s in selected)
     total = 0.0
-    for batch, ids, response, selection in selected:
+    for batch, full_batch, rows, ids, response, selection in selected:
         keep_rows = selection.sample_keep.nonzero().squeeze(1)
+        kept_tokens = int((selection.token_keep[keep_rows] & response[keep_rows]).sum())
         row = {"step": counters.optimizer_steps, "micro_batch": counters.micro_batches, "epoch": epoch,
                "batch_size": len(ids), "response_tokens": int(response.sum()),
                "samples_kept": int(keep_rows.numel()), "response_tokens_kept": 0, "loss": None}
         counters.micro_batches += 1
         counters.samples_seen += len(ids)
         counters.response_tokens_seen += int(response.sum())
-        counters.input_tokens_seen += int(batch["attention_mask"].sum())
+        counters.input_tokens_seen += int(full_batch["attention_mask"].sum())
         if keep_rows.numel() == 0 or window_tokens == 0:
             counters.empty_micro_batches += 1
         else:
-            sub = _trim(batch, keep_rows.to(device))
-            token_keep = selection.token_keep[keep_rows].to(device)
-            sums, counts, response_means = masked_token_losses(model, sub, token_keep)
-            weight = selection.sample_weight[keep_rows].to(device=device, dtype=sums.dtype)
-            loss = (sums * weight).sum() / window_tokens
-            loss.backward()
-            method.observe(ids[keep_rows], response_means.cpu(), epoch)
-            kept_tokens = int(counts.sum())
-            total += float(loss.detach())
+            mine = dist_tools.scatter_selection(selection, rows, response.shape[1])
+            local_keep = mine.sample_keep.nonzero().squeeze(1)
+            ce_sum, local_ids, local_means = 0.0, ids[rows][local_keep], torch.zeros(0)
+            if local_keep.numel():
+                sub = _trim(batch, local_keep.to(device))
+                sums, _, local_means = masked_token_losses(model, sub, mine.token_keep[local_keep].to(device))
+                weight = mine.sample_weight[local_keep].to(device=device, dtype=sums.dtype)
+                loss = (sums * weight).sum() / window_tokens
+                loss.backward()
+                total += float(loss.detach())
+                ce_sum = float(sums.detach().sum())
+            observed_ids, observed = dist_tools.gather_observations(local_ids, local_means.cpu())
+            method.observe(observed_ids, observed, epoch)
+            ce_sum = dist_tools.global_sum(ce_sum)
             counters.samples_trained += int(keep_rows.numel())
             counters.loss_tokens += kept_tokens
-            counters.input_tokens_trained += int(sub["attention_mask"].sum())
-            row.update(response_tokens_kept=kept_tokens, loss=float((sums.sum() / counts.sum().clamp_min(1)).detach()))
+            counters.input_tokens_trained += int(full_batch["attention_mask"][keep_rows].sum())
+            row.update(response_tokens_kept=kept_tokens, loss=ce_sum / max(kept_tokens, 1))
         row.update({k: v for k, v in selection.trace.items()})
         row["samples"] = _sample_rows(ids, selection)
         if epoch_plan is not None:
             row["epoch_plan"], epoch_plan = epoch_plan, None
-        trace.write(json.dumps(row, sort_keys=True) + "\n")
+        if trace is not None:
+            trace.write(json.dumps(row, sort_keys=True) + "\n")
         counters.trace_rows += 1
+    total = dist_tools.global_sum(total)
     counters.loss_sum += total
     return total
+
+
+def _select(method, model, batch, full_batch, rows, ids, response, device, tcfg, epoch, counters, ref, frozen_base):
+    """The whole micro-batch's selection (on every rank, the same).
+
+    Statistics come from this rank's rows (``batch``) and are gathered before
+    one decision; masks-only draws read the whole micro-batch's masks."""
+    if method.needs_stats_pass:
+        stats = compute_batch_stats(model, batch, method.required_stats, ids[rows], counters.optimizer_steps, epoch,
+                                    ref, frozen_base, int(tcfg.get("stats_chunk", 128)))
+        counters.input_tokens_scored += int(full_batch["attention_mask"].sum())
+        _, selection = dist_tools.select_distributed(method, stats, with_global=True)
+        return dist_tools.selection_to_cpu(selection)
+    if method.needs_select:
+        attended = full_batch["attention_mask"][:, 1:].bool()
+        stats = BatchStats.masks_only(response, attended, ids, counters.optimizer_steps, epoch)
+        # one rank draws and broadcasts: every rank then holds rank 0's decision whatever its own state
+        selection = method.select(stats) if dist_tools.rank_and_world()[0] == 0 else None
+        return dist_tools.broadcast_object(selection)
+    return method.select_without_stats(response)
 
 
 def _sample_rows(ids: torch.Tensor, selection) -> dict[str, list]:

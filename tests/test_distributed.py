@@ -6,6 +6,7 @@ statistic from ``extras``)."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 import subprocess
@@ -266,7 +267,6 @@ def test_launch_cli_pins_the_command_to_its_gpus(tmp_path):
 
 # --------------------------------------------------------------------------- the trainer on two processes
 
-TRAIN_IS_DISTRIBUTED = "select_distributed" in (Path(qd.__file__).parent / "train.py").read_text(encoding="utf-8")
 TRAIN_METHODS = ["q_tuning", "infobatch+ppl", "random+random", "entropy+fastv", "full"]
 
 
@@ -331,7 +331,6 @@ def assert_close(a, b, where: str) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not TRAIN_IS_DISTRIBUTED, reason="qtbench/train.py does not run under several processes yet")
 def test_training_on_two_processes_equals_one(tmp_path):
     """`qtbench train` under 2 processes (gloo, each rank half of every micro-batch,
     a 7-row micro-batch so the shards are uneven) makes the decisions of one
@@ -357,7 +356,91 @@ def test_training_on_two_processes_equals_one(tmp_path):
             assert summaries[0][key] == summaries[1][key], (run_id, key)
         assert summaries[1]["processes"] == 2
         weights = [load_file(str(d / "model.safetensors")) for d in (one, two)]
-        for name, tensor in weights[0].items():
-            assert torch.allclose(tensor, weights[1][name], atol=1e-5, rtol=1e-4), (run_id, name)
         base_weights = load_file(str(base / "model.safetensors"))
-        assert any(not torch.equal(t, base_weights[n]) for n, t in weights[0].items())  # it did train
+        for name, tensor in weights[0].items():
+            # each rank's matmuls run on fewer rows and round differently; AdamW at lr 1e-2 turns
+            # that into ~1e-5 absolute - three orders of magnitude below what training moved
+            moved = float((tensor - base_weights[name]).abs().max())
+            assert moved > 1e-3, (run_id, name)  # it did train
+            assert float((tensor - weights[1][name]).abs().max()) <= 1e-2 * moved, (run_id, name)
+
+
+# --------------------------------------------------------------------------- one window's gradient
+
+WINDOW_METHODS = ["q_tuning", "ppl_sample+ppl", "random+random", "full"]
+
+
+def _window_setup():
+    """A tiny random Llama, 13 examples of varied lengths, a window of two
+    global micro-batches (7 and 6 rows: uneven shards)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from qtbench.data import IGNORE_INDEX, TokenizedExample
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64, pad_token_id=0)
+    model = LlamaForCausalLM(config).double()  # float64: the ranks' sums agree to ~1e-12
+    gen = torch.Generator().manual_seed(1)
+    examples = []
+    for _ in range(13):
+        p, r = int(torch.randint(2, 8, (1,), generator=gen)), int(torch.randint(3, 12, (1,), generator=gen))
+        ids = torch.randint(3, 64, (p + r,), generator=gen).tolist()
+        examples.append(TokenizedExample(ids, [IGNORE_INDEX] * p + ids[p:], False))
+    return model, examples, [list(range(0, 7)), list(range(7, 13))]
+
+
+def _window_worker(rank: int, world: int, port: int, out_dir: str) -> None:
+    import io
+
+    import torch.distributed as dist
+
+    from qtbench.train import Counters, train_window
+
+    torch.set_num_threads(1)
+    if world > 1:
+        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        results = {}
+        for name in WINDOW_METHODS:
+            model, examples, window = _window_setup()
+            method = build_method(name, Budget(0.5, 0.5), {"random": {"mode": "batch"}}, seed=0)
+            counters, sink = Counters(), io.StringIO()
+
+            class Tok:
+                pad_token_id = 0
+
+            loss = train_window(model, method, window, examples, {}, Tok, torch.device("cpu"), {"stats_chunk": 4}, 0,
+                                counters, sink, None, None)
+            qd.all_reduce_gradients(model.parameters())
+            results[name] = {"loss": loss, "counters": counters.as_dict(), "trace": sink.getvalue(),
+                             "grads": {n: p.grad.clone() for n, p in model.named_parameters()}}
+        torch.save(results, os.path.join(out_dir, f"window{world}-rank{rank}.pt"))
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def test_one_window_gradient_on_two_processes_equals_one(tmp_path):
+    """After one window (two 7- and 6-row micro-batches, each rank half of each)
+    and the gradient all-reduce, both ranks hold exactly the gradient, loss,
+    counters and trace of one process on the whole window: the loss is divided
+    by the global kept-token count, not each rank's (float64, so a wrong scale
+    or a missing reduction cannot hide in rounding)."""
+    _window_worker(0, 1, 0, str(tmp_path))
+    mp.spawn(_window_worker, args=(2, qd.free_port(), str(tmp_path)), nprocs=2, join=True)
+    one = torch.load(tmp_path / "window1-rank0.pt", weights_only=True)
+    for rank in range(2):
+        two = torch.load(tmp_path / f"window2-rank{rank}.pt", weights_only=True)
+        for name in WINDOW_METHODS:
+            a, b = one[name], two[name]
+            assert b["loss"] == pytest.approx(a["loss"], rel=1e-10), name
+            floats = ("loss_sum", "last_loss", "wall_time_s")
+            assert {k: v for k, v in b["counters"].items() if k not in floats} == \
+                {k: v for k, v in a["counters"].items() if k not in floats}, name
+            rows_a = [json.loads(r) for r in a["trace"].splitlines()]
+            rows_b = [json.loads(r) for r in b["trace"].splitlines()]
+            assert_close(rows_a, rows_b, name)
+            assert any(g.abs().max() > 0 for g in a["grads"].values()), name
+            for param, grad in a["grads"].items():
+                torch.testing.assert_close(b["grads"][param], grad, rtol=1e-9, atol=1e-12, msg=f"{name} {param}")
