@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import logging
 import sys
 from pathlib import Path
@@ -49,11 +50,19 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
 def cmd_train(args: argparse.Namespace) -> None:
     from qtbench.train import train
 
-    summary = train(args.run_config, args.out, args.base_model, args.data, static_scores=args.static_scores,
-                    reference_model=args.reference_model, state_dir=args.state_dir, wandb_dir=args.wandb_dir,
-                    progress=not args.no_progress)
+    try:
+        summary = train(args.run_config, args.out, args.base_model, args.data, static_scores=args.static_scores,
+                        reference_model=args.reference_model, state_dir=args.state_dir, wandb_dir=args.wandb_dir,
+                        progress=not args.no_progress)
+    finally:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():  # under torchrun: leave the process group cleanly
+            dist.destroy_process_group()
+    if os.environ.get("RANK", "0") != "0":
+        return
     keys = ("run_id", "optimizer_steps", "samples_trained", "loss_tokens", "effective_sample_fraction",
-            "effective_token_fraction", "flops_relative", "wall_time_s", "mean_loss")
+            "effective_token_fraction", "flops_relative", "wall_time_s", "mean_loss", "processes")
     print(json.dumps({k: summary[k] for k in keys}, indent=2))
 
 

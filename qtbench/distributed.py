@@ -32,8 +32,8 @@ precision (~1e-7 relative); a decision could then differ only where two
 samples' scores tie to that precision.  (Each rank pads its shard to the whole
 micro-batch's width, so a row's statistics do not depend on its shard.)
 
-How the trainer uses it (``qtbench train`` under ``accelerate launch`` or
-``torchrun``; one process per GPU):
+How the trainer uses it (``qtbench train`` under ``torchrun`` or
+``accelerate launch``; one process per GPU):
 
 * :func:`init_from_env` joins the process group the launcher describes
   (``WORLD_SIZE``, ``RANK``, ``LOCAL_RANK``; NCCL on CUDA, gloo on CPU) and
@@ -53,16 +53,19 @@ How the trainer uses it (``qtbench train`` under ``accelerate launch`` or
 * only rank 0 writes the trace, checkpoints and the final model
   (:func:`barrier` around them).
 
-Under FSDP (full fine-tuning of 7B+ models) the same decision path applies;
-the gradient reduction is FSDP's own, and the stats pass must go through the
-wrapped model's ``forward`` (or keep ``lm_head`` in its own FSDP unit):
-``qtbench.stats`` calls the decoder and the LM head separately, and a
-parameter of the root unit is only gathered inside the root's forward.
+Every rank holds the whole model: the paper trains LoRA adapters (rank 8,
+``train.lora``), so a 7-8B model in bf16 fits one GPU and data parallelism is
+all the grid needs.  Full fine-tuning of 7B+ models would need FSDP, which
+the trainer does not do: the decision path above would apply unchanged, but
+the gradient reduction would be FSDP's own, and the stats pass would have to
+go through the wrapped model's ``forward`` (``qtbench.stats`` calls the
+decoder and the LM head separately, and a parameter of the root FSDP unit is
+only gathered inside the root's forward).
 
 Which GPUs a job uses on one machine is :func:`main`'s job
 (``python -m qtbench.distributed launch --gpus N -- <command>``): it takes N
 free GPUs by lock files, sets ``CUDA_VISIBLE_DEVICES`` and runs the command
-(with ``--distributed``, under ``accelerate launch`` with N processes).  Under
+(with ``--distributed``, under ``torchrun`` with N processes).  Under
 SLURM the allocation already says which GPUs are the job's, and no locks are
 taken.
 """
@@ -483,14 +486,20 @@ def free_port() -> int:
 
 
 def launch_command(command: Sequence[str], processes: int, port: int | None = None) -> list[str]:
-    """``command`` as it runs on ``processes`` GPUs: unchanged for one, else
-    ``python -m accelerate.commands.launch --multi_gpu --num_processes N ...``
-    around a ``<python> -m <module> ...`` or ``<script> ...`` command."""
+    """``command`` as it runs with ``processes`` processes on this machine:
+    unchanged for one, else under ``torchrun`` (``python -m
+    torch.distributed.run --nnodes 1 --nproc_per_node N ...``) around a
+    ``<python> -m <module> ...`` or ``<script> ...`` command.
+
+    torchrun is what ``accelerate launch --multi_gpu`` runs underneath; the
+    trainer needs nothing more than the environment it sets (``RANK``,
+    ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``/``MASTER_PORT``), and it
+    also runs CPU processes (gloo), which is how the tests run it."""
     command = list(command)
     if processes <= 1:
         return command
-    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
-                "--num_machines", "1", "--main_process_port", str(port or free_port())]
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", str(processes),
+                "--master_addr", "127.0.0.1", "--master_port", str(port or free_port())]
     if len(command) >= 3 and Path(command[0]).name.startswith("python") and command[1] == "-m":
         return launcher + ["-m", command[2], *command[3:]]
     return launcher + command
@@ -504,7 +513,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = sub.add_parser("launch", help="take N free GPUs, set CUDA_VISIBLE_DEVICES, run the command")
     p.add_argument("--gpus", type=int, required=True, help="GPUs the job uses (a rule's resources.gpu); 0 = none")
     p.add_argument("--distributed", action="store_true",
-                   help="with N > 1, run the command under `accelerate launch` with N processes")
+                   help="with N > 1, run the command under torchrun with N processes (one per GPU)")
     p.add_argument("--lock-dir", default=os.environ.get("QTBENCH_GPU_LOCK_DIR", os.path.join(tempfile.gettempdir(), "qtbench-gpu-locks")),
                    help="one lock file per GPU (default $QTBENCH_GPU_LOCK_DIR or <tmp>/qtbench-gpu-locks)")
     p.add_argument("--timeout", type=float, default=None, help="seconds to wait for free GPUs (default: forever)")

@@ -201,13 +201,13 @@ def test_scatter_refuses_a_kept_padding_position():
 # --------------------------------------------------------------------------- GPUs of one machine
 
 
-def test_launch_command_wraps_a_module_in_accelerate():
+def test_launch_command_wraps_a_module_in_torchrun():
     command = [sys.executable, "-m", "qtbench.cli", "train", "--out", "x"]
     assert qd.launch_command(command, 1) == command
     wrapped = qd.launch_command(command, 4, port=29511)
-    assert wrapped[:3] == [sys.executable, "-m", "accelerate.commands.launch"]
-    assert wrapped[wrapped.index("--num_processes") + 1] == "4" and "--multi_gpu" in wrapped
-    assert wrapped[wrapped.index("--main_process_port") + 1] == "29511"
+    assert wrapped[:3] == [sys.executable, "-m", "torch.distributed.run"]
+    assert wrapped[wrapped.index("--nproc_per_node") + 1] == "4"
+    assert wrapped[wrapped.index("--master_port") + 1] == "29511"
     assert wrapped[wrapped.index("-m", 3):] == ["-m", "qtbench.cli", "train", "--out", "x"]
 
 
@@ -444,3 +444,31 @@ def test_one_window_gradient_on_two_processes_equals_one(tmp_path):
             assert any(g.abs().max() > 0 for g in a["grads"].values()), name
             for param, grad in a["grads"].items():
                 torch.testing.assert_close(b["grads"][param], grad, rtol=1e-9, atol=1e-12, msg=f"{name} {param}")
+
+
+@pytest.mark.slow
+def test_qtbench_train_cli_under_torchrun_equals_one_process(tmp_path):
+    """The command the train rule runs with ``--gpus 2 --distributed``
+    (``launch_command``: torchrun, 2 CPU processes over gloo) trains like one
+    process: the same trace decisions and counts, and one summary saying 2
+    processes."""
+    data, base = _tiny_world(tmp_path)
+    cfg = next(c for c in _train_configs(data, base) if c["run"]["method"] == "q_tuning")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "RANK", "WORLD_SIZE", "LOCAL_RANK",
+                                                                     "MASTER_"))}
+    env.update(QTBENCH_NO_PROGRESS="1", WANDB_MODE="disabled", CUDA_VISIBLE_DEVICES="",
+               PYTHONPATH=str(Path(qd.__file__).resolve().parents[1]))
+    outs = {}
+    for processes in (1, 2):
+        out = tmp_path / f"p{processes}"
+        command = [sys.executable, "-m", "qtbench.cli", "train", "--run-config", json.dumps(cfg), "--base-model", str(base),
+                   "--data", str(data), "--out", str(out / "checkpoint"), "--state-dir", str(out / "state"), "--no-progress"]
+        done = subprocess.run(qd.launch_command(command, processes), env=env, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+        outs[processes] = out / "checkpoint"
+        summary = json.loads(done.stdout[done.stdout.index("{"):])  # printed once, by rank 0
+        assert summary["processes"] == processes
+    rows = [[json.loads(line) for line in (outs[p] / "trace.jsonl").read_text().splitlines()] for p in (1, 2)]
+    assert len(rows[0]) == len(rows[1]) > 0
+    assert_close(rows[0], rows[1], "q_tuning")
+    assert not (tmp_path / "p2" / "state").exists()  # rank 0 cleared the state after writing the model

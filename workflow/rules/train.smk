@@ -53,5 +53,5 @@ rule train:
     conda:
         "../../environment.yml"
     shell:
-        "{ON_GPUS} {resources.gpu} -- {QTBENCH_CMD} train --run-config {params.run_config} --base-model {params.base} --data {params.data} "
+        "{ON_GPUS} {resources.gpu} --distributed -- {QTBENCH_CMD} train --run-config {params.run_config} --base-model {params.base} --data {params.data} "
         "{params.extra} --state-dir {params.state} --wandb-dir {params.wandb_dir} --out {output} > {log} 2>&1"
