@@ -57,6 +57,7 @@ class IfdSelection(EpochLevelSamplePruner):
             **EpochLevelSamplePruner.option_defaults,
             "threshold": 1.0,
             "proxy": None,
+            "proxy_revision": None,
             **SCORING_DEFAULTS,
         }
         super().__init__(budget, options, seed)
@@ -67,6 +68,10 @@ class IfdSelection(EpochLevelSamplePruner):
         proxy = self.options["proxy"]
         if proxy is not None and (not isinstance(proxy, str) or not proxy):
             raise ValueError(f"option 'proxy' of method {self.name!r} must be a model id or path, or null")
+        revision = self.options["proxy_revision"]
+        if revision is not None and (proxy is None or not isinstance(revision, str) or not revision):
+            raise ValueError(f"option 'proxy_revision' of method {self.name!r} must be a commit or tag of the "
+                             f"'proxy' model (and needs 'proxy'), got {revision!r}")
         check_positive_int(self.name, "batch_size", self.options["batch_size"])
         check_positive_int(self.name, "max_length", self.options["max_length"])
 

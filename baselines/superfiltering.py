@@ -12,8 +12,9 @@ the top ``int(r_s * N)`` of the whole data set by IFD are kept.
   after BOS, as the official code scores ``output`` alone);
 * model: a small proxy, option ``proxy`` (a model id or path, read by the static
   scoring rule ``qtbench.static``): set ``proxy: gpt2`` (124M, the paper's) on the
-  real path; ``null`` (default) falls back to the base model, which is what the
-  default world uses (its base model is already tiny);
+  real path, pinned by ``proxy_revision`` (the proxy never inherits the base
+  model's revision); ``null`` (default) falls back to the base model, which is
+  what the default world uses (its base model is already tiny);
 * when: static, once before training (a cached Snakemake output); the same
   subset every epoch, fewer optimizer steps;
 * keeps: the ``max(1, round(N * r_s))`` highest among IFD < ``threshold`` (1.0;
@@ -22,7 +23,7 @@ the top ``int(r_s * N)`` of the whole data set by IFD are kept.
 Compute: two forward passes of the proxy over the data set (prompt+response and
 response alone), i.e. about ``2 * N * L`` proxy tokens, once per data set.
 
-Options: ``threshold`` (1.0), ``proxy`` (null), ``batch_size`` (16),
+Options: ``threshold`` (1.0), ``proxy`` (null), ``proxy_revision`` (null), ``batch_size`` (16),
 ``max_length`` (512), ``double_prune`` (false).
 """
 

@@ -34,10 +34,23 @@ def score_static(method: str, model_path: str, data: str, options: Mapping[str, 
     from qtbench.models import load_model, load_tokenizer
 
     proxy = options.get("proxy") or model_path
-    tokenizer = load_tokenizer(proxy, model_entry)
-    model = load_model(proxy, model_entry).eval()
+    entry = scoring_model_entry(options, model_entry)
+    tokenizer = load_tokenizer(proxy, entry)
+    model = load_model(proxy, entry).eval()
     scores = [float(s) for s in scorer(records, model, tokenizer, dict(options))]
     if len(scores) != len(records):
         raise ValueError(f"{method}: static_scores returned {len(scores)} scores for {len(records)} records")
     write_json_atomic(out, {"method": method, "model": str(proxy), "data": str(data), "n": len(scores), "scores": scores})
     return scores
+
+
+def scoring_model_entry(options: Mapping[str, Any], model_entry: Mapping[str, Any] | None) -> dict[str, Any]:
+    """How to load the scoring model: the base model's entry, or for a proxy
+    (option ``proxy``, e.g. Superfiltering's GPT-2) an entry of its own - its
+    revision from option ``proxy_revision``, the base model's dtype, and never
+    the base model's revision or ``trust_remote_code`` (another repository's
+    commit hash, or remote code trusted for another model)."""
+    model_entry = dict(model_entry or {})
+    if not options.get("proxy"):
+        return model_entry
+    return {"revision": options.get("proxy_revision"), "dtype": model_entry.get("dtype", "auto")}

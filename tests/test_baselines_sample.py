@@ -276,3 +276,36 @@ def test_ifd_proxy_option():
     assert make("ifd", Budget(0.5)).options["proxy"] is None
     with pytest.raises(ValueError, match="proxy"):
         make("superfiltering", Budget(0.5), {"proxy": 3})
+
+
+def test_proxy_loads_with_its_own_revision_never_the_base_models(monkeypatch, tmp_path):
+    """Superfiltering's proxy (GPT-2) is another repository: it is loaded with
+    ``proxy_revision`` and the base model's dtype, never with the base model's
+    revision (a hash of another repo) or its trust_remote_code."""
+    import qtbench.models as models
+    from qtbench.static import scoring_model_entry, score_static
+
+    base = {"path": "meta-llama/Llama-2-7b-hf", "revision": "abc123", "trust_remote_code": True, "dtype": "bfloat16"}
+    assert scoring_model_entry({}, base) == base  # IFD: the base model itself
+    assert scoring_model_entry({"proxy": "openai-community/gpt2", "proxy_revision": "607a30d"}, base) == \
+        {"revision": "607a30d", "dtype": "bfloat16"}
+    assert scoring_model_entry({"proxy": "openai-community/gpt2"}, base) == {"revision": None, "dtype": "bfloat16"}
+    with pytest.raises(ValueError, match="proxy_revision"):
+        make("superfiltering", Budget(0.5), {"proxy_revision": "607a30d"})  # a revision without a proxy
+
+    loaded = []
+
+    class Stop(Exception):
+        pass
+
+    def fake_load(path, entry=None, *args, **kwargs):
+        loaded.append((path, dict(entry or {})))
+        raise Stop
+
+    monkeypatch.setattr(models, "load_tokenizer", fake_load)
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"instruction": "a", "input": "", "output": "b"}\n')
+    with pytest.raises(Stop):
+        score_static("superfiltering", "meta-llama/Llama-2-7b-hf", str(data),
+                     {"proxy": "openai-community/gpt2", "proxy_revision": "607a30d"}, tmp_path / "s.json", model_entry=base)
+    assert loaded == [("openai-community/gpt2", {"revision": "607a30d", "dtype": "bfloat16"})]
