@@ -143,13 +143,20 @@ def budget_pairs(config: Mapping[str, Any], method: str | None = None) -> list[t
     return pairs
 
 
+def seeds_for(config: Mapping[str, Any], method: str) -> list[int]:
+    """The seeds ``method`` runs with: ``method_seeds.<method>`` when given (the
+    paper averages its random baselines over 5 repeats), else ``seeds``."""
+    own = (config.get("method_seeds") or {}).get(method)
+    return [int(seed) for seed in (own or config["seeds"])]
+
+
 def expand_runs(config: Mapping[str, Any]) -> list[RunSpec]:
     """Every training run the config asks for, in a stable order."""
     runs = []
     for model in config["models"]:
         for method in config["methods"]:
             for r_s, r_t in budgets_for(method, budget_pairs(config, method)):
-                for seed in config["seeds"]:
+                for seed in seeds_for(config, method):
                     runs.append(RunSpec(model, method, r_s, r_t, int(seed)))
     return sorted(set(runs), key=lambda r: (r.model, config["methods"].index(r.method), r.budget, r.seed))
 

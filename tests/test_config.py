@@ -129,3 +129,22 @@ def test_method_budgets_replace_the_shared_pairs():
     assert len(expand_runs(validate_config(with_(method_budgets={"ppl": [{"r_s": 0.5, "r_t": 0.5}]})))) == 1
     with pytest.raises(ConfigError, match=r"method_budgets.q_tuning\[0\].r_t"):
         validate_config(with_(methods=["q_tuning"], method_budgets={"q_tuning": [{"r_s": 0.5, "r_t": 2}]}))
+
+
+def test_method_seeds_repeat_only_their_methods():
+    """The paper averages random baselines over 5 repeats: `method_seeds`
+    gives those methods their own seeds, everything else keeps `seeds`."""
+    cfg = validate_config(with_(methods=["full", "q_tuning", "random+random"], seeds=[0],
+                                budgets=[{"r_s": 0.25, "r_t": 0.5}, {"r_s": 0.5, "r_t": 0.5}],
+                                method_seeds={"random+random": [0, 1, 2, 3, 4]}))
+    runs = expand_runs(cfg)
+    seeds = {}
+    for run in runs:
+        seeds.setdefault((run.method, run.budget), []).append(run.seed)
+    assert seeds == {("full", "s1-t1"): [0], ("q_tuning", "s0.25-t0.5"): [0], ("q_tuning", "s0.5-t0.5"): [0],
+                     ("random+random", "s0.25-t0.5"): [0, 1, 2, 3, 4], ("random+random", "s0.5-t0.5"): [0, 1, 2, 3, 4]}
+    assert len(runs) == 1 + 2 + 2 * 5
+    with pytest.raises(ConfigError, match=r"method_seeds.random\+random"):
+        validate_config(with_(method_seeds={"random+random": [0, 0]}))
+    with pytest.raises(ConfigError, match=r"method_seeds.random\+random\[0\]"):
+        validate_config(with_(method_seeds={"random+random": [-1]}))
