@@ -2,10 +2,11 @@
 no-grad forward, memory-aware.
 
 The final hidden states are computed once; the LM head, log-softmax, NLL and
-entropy are then evaluated over chunks of positions, so the largest extra
-tensor alive is one ``[B, chunk, V]`` block instead of ``[B, T, V]`` logits
-plus their softmax (the full-vocabulary entropy would otherwise double the
-logits' memory).  Everything runs under ``torch.inference_mode``.
+entropy are then evaluated over chunks of the attended positions only (no
+padding), so the largest extra tensor alive is one ``[B, chunk, V]``-sized
+block instead of ``[B, T, V]`` logits plus their softmax (the
+full-vocabulary entropy would otherwise double the logits' memory).
+Everything runs under ``torch.inference_mode``.
 """
 
 from __future__ import annotations
@@ -120,38 +121,48 @@ def token_nll_entropy(
 ) -> dict[str, torch.Tensor]:
     """Per loss position: NLL of the next token, predictive entropy, EL2N.
 
-    Returns ``[B, L-1]`` float32 tensors (loss-position alignment).  NLL is
-    computed for every position (padding included; callers mask it)."""
+    Returns ``[B, L-1]`` float32 tensors (loss-position alignment).  The LM
+    head and the softmax run only at positions whose target token is attended
+    (padding is 0, never computed: with varied lengths a third of a random
+    micro-batch can be padding), over chunks of ``chunk_size x B`` positions,
+    so the largest extra tensor is one ``[B, chunk, V]``-sized block."""
     with torch.inference_mode():
         hidden, attn = _final_hidden(model, input_ids, attention_mask, want_attention)
         head = model.get_output_embeddings()
         targets = input_ids[:, 1:]
-        n_pos = targets.shape[1]
-        nll = torch.empty(targets.shape, dtype=torch.float32, device=input_ids.device)
+        positions = attention_mask[:, 1:].bool()
+        flat_hidden, flat_targets = hidden[:, :-1][positions], targets[positions]
+        n_pos = flat_targets.shape[0]
+        nll = torch.empty(n_pos, dtype=torch.float32, device=input_ids.device)
         entropy = torch.empty_like(nll) if want_entropy else None
         el2n = torch.empty_like(nll) if want_el2n else None
-        for start in range(0, n_pos, chunk_size):
-            stop = min(start + chunk_size, n_pos)
-            logits = head(hidden[:, start:stop]).float()
-            logp = torch.log_softmax(logits, dim=-1)
-            del logits
-            target_logp = logp.gather(-1, targets[:, start:stop, None]).squeeze(-1)
-            nll[:, start:stop] = -target_logp
+        rows = max(1, chunk_size * input_ids.shape[0])
+        for start in range(0, n_pos, rows):
+            stop = min(start + rows, n_pos)
+            logp = torch.log_softmax(head(flat_hidden[start:stop]).float(), dim=-1)
+            target_logp = logp.gather(-1, flat_targets[start:stop, None]).squeeze(-1)
+            nll[start:stop] = -target_logp
             if want_entropy or want_el2n:
                 probs = logp.exp()
                 if want_entropy:
-                    entropy[:, start:stop] = -(probs * logp).sum(-1)
+                    entropy[start:stop] = -(probs * logp).sum(-1)
                 if want_el2n:
                     # ||p - onehot(y)||_2 = sqrt(sum p^2 - 2 p_y + 1)
                     sq = (probs * probs).sum(-1) - 2 * target_logp.exp() + 1
-                    el2n[:, start:stop] = sq.clamp_min(0).sqrt()
+                    el2n[start:stop] = sq.clamp_min(0).sqrt()
                 del probs
             del logp
-        out = {"nll": nll}
+
+        def grid(values: torch.Tensor) -> torch.Tensor:
+            out = torch.zeros(targets.shape, dtype=torch.float32, device=input_ids.device)
+            out[positions] = values
+            return out
+
+        out = {"nll": grid(nll)}
         if want_entropy:
-            out["entropy"] = entropy
+            out["entropy"] = grid(entropy)
         if want_el2n:
-            out["el2n"] = el2n
+            out["el2n"] = grid(el2n)
         if want_attention:
             out["attention_received"] = _attention_received(attn, attention_mask)
         return out
