@@ -104,6 +104,9 @@ class Counters:
     input_tokens_seen: int = 0
     input_tokens_trained: int = 0
     input_tokens_scored: int = 0
+    #: padded grid sizes (rows x width) the forward passes ran on: padding costs compute too
+    input_positions_trained: int = 0
+    input_positions_scored: int = 0
     empty_micro_batches: int = 0
     loss_sum: float = 0.0
     last_loss: float = float("nan")
@@ -563,6 +566,7 @@ def train_window(model, method, window, examples, plan_weights, tokenizer, devic
             counters.samples_trained += int(keep_rows.numel())
             counters.loss_tokens += kept_tokens
             counters.input_tokens_trained += int(full_batch["attention_mask"][keep_rows].sum())
+            counters.input_positions_trained += padded_size(full_batch["attention_mask"][keep_rows])
             row.update(response_tokens_kept=kept_tokens, loss=ce_sum / max(kept_tokens, 1))
         row.update({k: v for k, v in selection.trace.items()})
         row["samples"] = _sample_rows(ids, selection)
@@ -585,6 +589,7 @@ def _select(method, model, batch, full_batch, rows, ids, response, device, tcfg,
         stats = compute_batch_stats(model, batch, method.required_stats, ids[rows], counters.optimizer_steps, epoch,
                                     ref, frozen_base, int(tcfg.get("stats_chunk", 128)))
         counters.input_tokens_scored += int(full_batch["attention_mask"].sum())
+        counters.input_positions_scored += padded_size(full_batch["attention_mask"])
         _, selection = dist_tools.select_distributed(method, stats, with_global=True)
         return dist_tools.selection_to_cpu(selection)
     if method.needs_select:
@@ -594,6 +599,14 @@ def _select(method, model, batch, full_batch, rows, ids, response, device, tcfg,
         selection = method.select(stats) if dist_tools.rank_and_world()[0] == 0 else None
         return dist_tools.broadcast_object(selection)
     return method.select_without_stats(response)
+
+
+def padded_size(attention_mask: torch.Tensor) -> int:
+    """Positions a forward over these rows computes: rows x their longest
+    attended length (``_trim`` cuts the rest)."""
+    if attention_mask.shape[0] == 0:
+        return 0
+    return int(attention_mask.shape[0] * attention_mask.sum(dim=1).max())
 
 
 def _sample_rows(ids: torch.Tensor, selection) -> dict[str, list]:
@@ -632,6 +645,9 @@ def _summary(cfg, counters: Counters, examples, epochs, model, report, truncated
         "effective_token_fraction": counters.loss_tokens / max(1, response_tokens * epochs),
         "flops": flops, "flops_full_data": full_flops, "flops_relative": flops / max(1, full_flops),
         "mean_loss": counters.loss_sum / max(1, counters.optimizer_steps),
+        # share of the forward/backward grid that was padding (train.bucket_by_length cuts it)
+        "padding_fraction_trained": 1 - counters.input_tokens_trained / max(1, counters.input_positions_trained),
+        "padding_fraction_scored": 1 - counters.input_tokens_scored / max(1, counters.input_positions_scored),
     }
 
 

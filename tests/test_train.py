@@ -49,7 +49,7 @@ def test_grad_accum_2x2_equals_1x4(tiny_model_dir, records_file, tmp_path):
 
 def test_full_run_outputs_and_effective_budget(tiny_model_dir, records_file, tmp_path):
     out = tmp_path / "ckpt"
-    summary = train(run_config(epochs=2), out, str(tiny_model_dir), str(records_file), progress=False)
+    summary = train(run_config(epochs=2, max_length=128), out, str(tiny_model_dir), str(records_file), progress=False)
     for name in ("model.safetensors", "tokenizer.json", "train_summary.json", "trace.jsonl", "data_report.json"):
         assert (out / name).exists(), name
     assert not (tmp_path / "ckpt.state").exists()
@@ -63,6 +63,16 @@ def test_full_run_outputs_and_effective_budget(tiny_model_dir, records_file, tmp
     # full data: only training FLOPs (6N per trained token), no stats pass
     assert summary["input_tokens_scored"] == 0
     assert summary["flops_relative"] == pytest.approx(1.0)
+    # padding: each micro-batch runs on rows x its longest record (seeded order of each epoch)
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    records = [json.loads(line) for line in records_file.read_text().splitlines()]
+    lengths = [len(e.input_ids) for e in tokenize_records(records, tokenizer, 128)]  # 81 to 103 tokens
+    grid = sum(len(b) * max(lengths[i] for i in b)
+               for epoch in (0, 1) for b in epoch_order(list(range(len(records))), 0, epoch, 4))
+    assert summary["input_positions_trained"] == grid
+    assert summary["input_tokens_trained"] == 2 * sum(lengths)
+    assert summary["padding_fraction_trained"] == pytest.approx(1 - 2 * sum(lengths) / grid)
+    assert summary["padding_fraction_trained"] > 0
 
 
 class KeepFirst(Method):
