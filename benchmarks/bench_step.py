@@ -2,8 +2,8 @@
 
 Usage::
 
-    python benchmarks/bench_step.py                 # ~3-4 minutes on 2 CPU cores
-    python benchmarks/bench_step.py --quick         # a rough look in ~1 minute
+    python benchmarks/bench_step.py                 # ~1.5 minutes on 2 CPU cores
+    python benchmarks/bench_step.py --quick         # a rough look in ~20 seconds
     python benchmarks/bench_step.py --out bench.json
 
 One fixed tiny Llama-style model (random weights) and one fixed synthetic data
@@ -83,11 +83,14 @@ def plain_step(model, optimizer, batch):
     optimizer.zero_grad(set_to_none=True)
 
 
-def time_configs(configs, batches, examples, args):
-    """Median seconds per step for each config; configs run interleaved per repeat."""
+def time_configs(configs, batch_orders, examples, args):
+    """Seconds per step of each config (one value per repeat; configs run
+    interleaved per repeat) and the share of the trained grid that was padding."""
     times = {name: [] for name in configs}
+    padding = {}
     for repeat in range(args.repeats):
-        for name, (kind, method_name, budget) in configs.items():
+        for name, (kind, method_name, budget, order) in configs.items():
+            batches = batch_orders[order]
             model = make_model(args.vocab, args.hidden, args.layers)
             optimizer = make_optimizer(model, 1e-4, 0.0)  # the same fused AdamW for every config
             counters, sink = Counters(), io.StringIO()
@@ -104,7 +107,12 @@ def time_configs(configs, batches, examples, args):
                     optimizer.step()
                     optimizer.zero_grad(set_to_none=True)
             times[name].append((time.perf_counter() - start) / (len(batches) - args.warmup))
-    return times
+            if kind == "plain":
+                grid = sum(len(b) * max(len(examples[i].input_ids) for i in b) for b in batches)
+                padding[name] = 1 - sum(len(examples[i].input_ids) for b in batches for i in b) / grid
+            else:
+                padding[name] = 1 - counters.input_tokens_trained / max(1, counters.input_positions_trained)
+    return times, padding
 
 
 def time_hf_trainer(batches, examples, args):
@@ -163,7 +171,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=24)
     parser.add_argument("--warmup", type=int, default=4)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--vocab", type=int, default=1536)
     parser.add_argument("--hidden", type=int, default=128)
@@ -177,13 +185,21 @@ def main() -> None:
         args.steps, args.repeats = 12, 1
     torch.set_num_threads(args.threads)
     examples = make_examples(args.steps * args.batch, args.vocab)
-    batches = epoch_order(list(range(len(examples))), seed=0, epoch=0, micro_batch=args.batch)[: args.steps]
+    indices = list(range(len(examples)))
+    orders = {
+        "random": epoch_order(indices, seed=0, epoch=0, micro_batch=args.batch)[: args.steps],
+        # train.bucket_by_length: the same records, batched with others of similar length
+        "bucketed": epoch_order(indices, seed=0, epoch=0, micro_batch=args.batch,
+                                lengths=[len(e.input_ids) for e in examples])[: args.steps],
+    }
+    batches = orders["random"]
 
-    configs = {"plain": ("plain", None, None), "full": ("qtbench", "full", Budget(1.0, 1.0))}
+    configs = {"plain": ("plain", None, None, "random"), "full": ("qtbench", "full", Budget(1.0, 1.0), "random"),
+               "full, bucketed": ("qtbench", "full", Budget(1.0, 1.0), "bucketed")}
     for r_s in (0.25, 0.5):
         for method in ("q_tuning", "ppl_sample+ppl", "random+random"):
-            configs[f"{method}@{r_s}"] = ("qtbench", method, Budget(r_s, 0.5))
-    times = time_configs(configs, batches, examples, args)
+            configs[f"{method}@{r_s}"] = ("qtbench", method, Budget(r_s, 0.5), "random")
+    times, padding = time_configs(configs, orders, examples, args)
     times["hf_trainer"] = time_hf_trainer(batches, examples, args)
 
     tokens_per_step = statistics.mean(sum(len(examples[i].input_ids) for i in b) for b in batches)
@@ -192,7 +208,8 @@ def main() -> None:
     for name, values in times.items():
         median = statistics.median(values)
         row = {"config": name, "step_ms": 1000 * median, "min_ms": 1000 * min(values), "max_ms": 1000 * max(values),
-               "steps_per_s": 1 / median, "tokens_per_s": tokens_per_step / median, "vs_full": median / full}
+               "steps_per_s": 1 / median, "tokens_per_s": tokens_per_step / median, "vs_full": median / full,
+               "padding": padding.get(name)}
         if "@" in name:
             r_s = float(name.split("@")[1])
             row["floor"] = (1 + 3 * r_s) / 3
@@ -210,12 +227,14 @@ def main() -> None:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
 
-    print(f"{'config':<22}{'step ms':>9}{'min-max':>15}{'tok/s':>9}{'vs full':>9}{'floor':>7}{'vs floor':>9}")
+    print(f"{'config':<22}{'step ms':>9}{'min-max':>15}{'tok/s':>9}{'vs full':>9}{'floor':>7}{'vs floor':>9}{'padding':>9}")
     for r in rows:
         spread = f"{r['min_ms']:.1f}-{r['max_ms']:.1f}"
         floor = f"{r['floor']:.3f}" if "floor" in r else ""
         vs_floor = f"{r['vs_floor']:.2f}" if "vs_floor" in r else ""
-        print(f"{r['config']:<22}{r['step_ms']:>9.1f}{spread:>15}{r['tokens_per_s']:>9.0f}{r['vs_full']:>9.3f}{floor:>7}{vs_floor:>9}")
+        pad = f"{100 * r['padding']:.1f}%" if r.get("padding") is not None else ""
+        print(f"{r['config']:<22}{r['step_ms']:>9.1f}{spread:>15}{r['tokens_per_s']:>9.0f}{r['vs_full']:>9.3f}{floor:>7}"
+              f"{vs_floor:>9}{pad:>9}")
     print(f"full / plain tokens/s: {result['full_vs_plain_tokens_per_s']:.3f}")
     if "stats_pass_memory" in result:
         print("stats pass extra memory (MB):", json.dumps(result["stats_pass_memory"]))
