@@ -111,3 +111,44 @@ def test_last_layer_attention_equals_eager_output_attentions():
         torch.testing.assert_close(hooked, plain)
         assert model.config._attn_implementation == "sdpa"
         assert model.model.layers[-1].self_attn.config is model.config  # the hook is gone
+
+
+class _RandomLogitsModel(torch.nn.Module):
+    """A stand-in LM whose logits are arbitrary: the decoder returns fixed
+    random hidden states, the head is a random linear map to a 5000-token
+    vocabulary (logits spread over ~+-20, so the softmax is far from uniform)."""
+
+    def __init__(self, hidden_states: torch.Tensor, vocab: int):
+        super().__init__()
+        self.hidden_states = hidden_states
+        self.head = torch.nn.Linear(hidden_states.shape[-1], vocab, bias=False)
+        torch.nn.init.normal_(self.head.weight, std=5.0 / hidden_states.shape[-1] ** 0.5)
+
+    def get_decoder(self):
+        outer = self
+
+        class Decoder:
+            def __call__(self, input_ids, attention_mask, **kwargs):
+                return type("Out", (), {"last_hidden_state": outer.hidden_states})()
+
+        return Decoder()
+
+    def get_output_embeddings(self):
+        return self.head
+
+
+def test_stats_pass_on_random_logits_matches_a_float64_reference():
+    torch.manual_seed(3)
+    batch, width, vocab = 3, 17, 5000
+    model = _RandomLogitsModel(torch.randn(batch, width, 32) * 4, vocab)
+    input_ids = torch.randint(0, vocab, (batch, width))
+    attention_mask = torch.tensor([[1] * n + [0] * (width - n) for n in (17, 9, 2)])
+    logits = model.head(model.hidden_states).detach().double()
+    nll, entropy, el2n = reference_stats(logits, input_ids)
+    attended = attention_mask[:, 1:].bool()
+    assert entropy[attended].min() < 1.0 < entropy[attended].max()  # peaked and flat rows both occur
+    for chunk in (1, 2, 1000):
+        got = token_nll_entropy(model, input_ids, attention_mask, chunk_size=chunk, want_el2n=True)
+        for name, ref in (("nll", nll), ("entropy", entropy), ("el2n", el2n)):
+            torch.testing.assert_close(got[name][attended].double(), ref[attended], atol=2e-4, rtol=1e-4, msg=name)
+            assert (got[name][~attended] == 0).all(), name  # padding is never computed
