@@ -53,14 +53,12 @@ How the trainer uses it (``qtbench train`` under ``torchrun`` or
 * only rank 0 writes the trace, checkpoints and the final model
   (:func:`barrier` around them).
 
-Every rank holds the whole model: the paper trains LoRA adapters (rank 8,
-``train.lora``), so a 7-8B model in bf16 fits one GPU and data parallelism is
-all the grid needs.  Full fine-tuning of 7B+ models would need FSDP, which
-the trainer does not do: the decision path above would apply unchanged, but
-the gradient reduction would be FSDP's own, and the stats pass would have to
-go through the wrapped model's ``forward`` (``qtbench.stats`` calls the
-decoder and the LM head separately, and a parameter of the root FSDP unit is
-only gathered inside the root's forward).
+By default every rank holds the whole model: the paper trains LoRA adapters
+(rank 8, ``train.lora``), so a 7-8B model in bf16 fits one GPU.  For full
+fine-tuning of models that do not fit, ``train.fsdp: true`` shards weights,
+gradients and optimizer state (FSDP2, ``qtbench.sharding``); the decision
+path above is unchanged, the gradients are FSDP's reduce-scatter instead of
+:func:`all_reduce_gradients`.
 
 Which GPUs a job uses on one machine is :func:`main`'s job
 (``python -m qtbench.distributed launch --gpus N -- <command>``): it takes N

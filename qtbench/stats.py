@@ -6,7 +6,9 @@ entropy are then evaluated over chunks of the attended positions only (no
 padding), so the largest extra tensor alive is one ``[B, chunk, V]``-sized
 block instead of ``[B, T, V]`` logits plus their softmax (the
 full-vocabulary entropy would otherwise double the logits' memory).
-Everything runs under ``torch.inference_mode``.
+Everything runs under ``torch.inference_mode``, inside the model's own
+forward (a hook on the LM head; the forward itself returns the last
+position's logits only), which keeps it correct under FSDP.
 """
 
 from __future__ import annotations
@@ -19,22 +21,46 @@ import torch
 
 from qtbench.data import IGNORE_INDEX, collate, tokenize_example
 from qtbench.pruning import KNOWN_STATS, BatchStats
+from qtbench.sharding import is_sharded, reshard_root
 
 DEFAULT_CHUNK = 128
 
 
-def _final_hidden(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, attentions: bool = False):
-    """The decoder's last hidden states and, with ``attentions``, FastV's
-    ``[B, L]`` attention received in the final layer (else ``None``)."""
+@contextlib.contextmanager
+def _inside_forward(model: Any, on_head: Any):
+    """Run ``on_head(head, hidden)`` inside the model's own forward, right when
+    it applies its LM head: ``hidden`` is the decoder's final hidden states
+    ``[B, L, H]`` (captured by a hook), ``head`` the LM head module.
+
+    Calling the decoder and the head directly would be simpler, but under
+    FSDP the root unit's weights (embeddings, norm, LM head) are gathered only
+    inside the root's forward; the model's forward is asked for the logits of
+    the last position only (``logits_to_keep=1``), and everything else is the
+    hook's chunked computation."""
     backbone = model.get_decoder() if hasattr(model, "get_decoder") else model.model
-    if not attentions:
-        return backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state, None
-    with _last_layer_attention(backbone, attention_mask) as captured:
-        hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
-    if "received" not in captured:
-        raise RuntimeError(f"{type(model).__name__}: the final attention layer did not go through transformers' "
-                           "attention interface, so FastV's attention scores cannot be read")
-    return hidden, captured["received"]
+    head = model.get_output_embeddings()
+    seen: dict[str, Any] = {}
+
+    def keep_hidden(_module, _args, output):
+        seen["hidden"] = output.last_hidden_state if hasattr(output, "last_hidden_state") else output[0]
+
+    def call_back(module, _args, _output):
+        if seen.get("busy"):
+            return  # on_head's own calls of the head
+        if "hidden" not in seen:
+            raise RuntimeError(f"{type(model).__name__}: the LM head ran before the decoder's output was seen")
+        seen["busy"] = True
+        try:
+            on_head(module, seen.pop("hidden"))
+        finally:
+            seen["busy"] = False
+
+    hooks = [backbone.register_forward_hook(keep_hidden), head.register_forward_hook(call_back)]
+    try:
+        yield
+    finally:
+        for hook in hooks:
+            hook.remove()
 
 
 _CAPTURE = "qtbench_last_layer"
@@ -119,18 +145,19 @@ def token_nll_entropy(
     want_el2n: bool = False,
     want_attention: bool = False,
 ) -> dict[str, torch.Tensor]:
-    """Per loss position: NLL of the next token, predictive entropy, EL2N.
+    """Per loss position: NLL of the next token, predictive entropy, EL2N
+    (and FastV's attention received, with ``want_attention``).
 
     Returns ``[B, L-1]`` float32 tensors (loss-position alignment).  The LM
     head and the softmax run only at positions whose target token is attended
     (padding is 0, never computed: with varied lengths a third of a random
     micro-batch can be padding), over chunks of ``chunk_size x B`` positions,
-    so the largest extra tensor is one ``[B, chunk, V]``-sized block."""
-    with torch.inference_mode():
-        hidden, attn = _final_hidden(model, input_ids, attention_mask, want_attention)
-        head = model.get_output_embeddings()
-        targets = input_ids[:, 1:]
-        positions = attention_mask[:, 1:].bool()
+    so the largest extra tensors are ``[B, chunk, V]``-sized blocks."""
+    targets = input_ids[:, 1:]
+    positions = attention_mask[:, 1:].bool()
+    out: dict[str, torch.Tensor] = {}
+
+    def on_head(head: Any, hidden: torch.Tensor) -> None:
         flat_hidden, flat_targets = hidden[:, :-1][positions], targets[positions]
         n_pos = flat_targets.shape[0]
         nll = torch.empty(n_pos, dtype=torch.float32, device=input_ids.device)
@@ -152,20 +179,26 @@ def token_nll_entropy(
                     el2n[start:stop] = sq.clamp_min(0).sqrt()
                 del probs
             del logp
+        for name, values in (("nll", nll), ("entropy", entropy), ("el2n", el2n)):
+            if values is not None:
+                grid = torch.zeros(targets.shape, dtype=torch.float32, device=input_ids.device)
+                grid[positions] = values
+                out[name] = grid
 
-        def grid(values: torch.Tensor) -> torch.Tensor:
-            out = torch.zeros(targets.shape, dtype=torch.float32, device=input_ids.device)
-            out[positions] = values
-            return out
-
-        out = {"nll": grid(nll)}
-        if want_entropy:
-            out["entropy"] = grid(entropy)
-        if want_el2n:
-            out["el2n"] = grid(el2n)
-        if want_attention:
-            out["attention_received"] = _attention_received(attn, attention_mask)
-        return out
+    backbone = model.get_decoder() if hasattr(model, "get_decoder") else model.model
+    with torch.inference_mode(), contextlib.ExitStack() as stack:
+        attention = stack.enter_context(_last_layer_attention(backbone, attention_mask)) if want_attention else None
+        stack.enter_context(_inside_forward(model, on_head))
+        model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, logits_to_keep=1)
+    reshard_root(model)
+    if "nll" not in out:
+        raise RuntimeError(f"{type(model).__name__}: the stats pass never saw the LM head run")
+    if attention is not None:
+        if "received" not in attention:
+            raise RuntimeError(f"{type(model).__name__}: the final attention layer did not go through "
+                               "transformers' attention interface, so FastV's attention scores cannot be read")
+        out["attention_received"] = _attention_received(attention["received"], attention_mask)
+    return out
 
 
 def _attention_received(received: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -199,6 +232,9 @@ def compute_batch_stats(
         raise ValueError(f"unknown statistics requested: {sorted(unknown)}; known: {sorted(KNOWN_STATS)}")
     input_ids, attention_mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
     if input_ids.shape[0] == 0:  # a rank's empty shard of a small micro-batch: nothing to run
+        if is_sharded(model):  # ... but a sharded model's forward is collective: take part with one token
+            token_nll_entropy(model, input_ids.new_zeros((1, 2)), attention_mask.new_ones((1, 2)), chunk_size,
+                              want_entropy="entropy" in required, want_attention="attention_received" in required)
         zeros = torch.zeros((0, max(input_ids.shape[1] - 1, 0)), device=input_ids.device)
         ids = torch.zeros(0, dtype=torch.long) if sample_ids is None else sample_ids
         return BatchStats(zeros, zeros.clone(), zeros.bool(), zeros.bool(), ids.cpu(), step, epoch,

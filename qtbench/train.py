@@ -48,6 +48,7 @@ import torch.nn.functional as F
 
 import qtbench
 from qtbench import distributed as dist_tools
+from qtbench import sharding
 from qtbench import tracking
 from qtbench.data import IGNORE_INDEX, collate, tokenize_records
 from qtbench.io import atomic_directory, committed_directory, read_json, write_json_atomic
@@ -173,25 +174,32 @@ def run_fingerprint(cfg: Mapping[str, Any], base_model: str, records: list[dict]
 
 
 def save_checkpoint(state_dir: Path, model: Any, optimizer: Any, scheduler: Any, method: Any,
-                    position: Position, fingerprint: str | None = None) -> None:
+                    position: Position, fingerprint: str | None = None,
+                    gathered: tuple[dict, dict] | None = None) -> None:
     """Write the resumable state atomically (a folder renamed into place).
 
     ``checkpoint/model.safetensors`` holds the exact ``state_dict`` (tied
     weights once), ``trainer_state.pt`` the optimizer, scheduler, RNG states,
     data position, epoch plan, counters and method state (tensors, lists and
     numbers only: it loads with ``weights_only=True``) and ``checkpoint.json``
-    a readable summary with the run's fingerprint."""
+    a readable summary with the run's fingerprint.  ``gathered`` is a sharded
+    (FSDP) model's full (weights, optimizer state), gathered on rank 0."""
     from safetensors.torch import save_model
 
     target = state_dir / "checkpoint"
     plan = position.plan
     counters = position.counters
     with atomic_directory(target) as tmp:
-        save_model(model, str(tmp / WEIGHTS_FILE), force_contiguous=True)
+        if gathered is None:
+            save_model(model, str(tmp / WEIGHTS_FILE), force_contiguous=True)
+        else:
+            from safetensors.torch import save_file
+
+            save_file(gathered[0], str(tmp / WEIGHTS_FILE))
         torch.save(
             {
                 "format": CHECKPOINT_FORMAT,
-                "optimizer": optimizer.state_dict(),
+                "optimizer": optimizer.state_dict() if gathered is None else gathered[1],
                 "scheduler": scheduler.state_dict(),
                 "rng": _rng_state(),
                 "epoch": position.epoch,
@@ -371,6 +379,9 @@ def train(
 
     model = load_model(base_model, entry, device)
     model = add_lora(model, tcfg.get("lora") or {})
+    fsdp = bool(tcfg.get("fsdp")) and world > 1
+    if fsdp:
+        sharding.shard_model(model)
     model.train()
     required = method.required_stats
     ref = load_model(reference_model, entry, device).eval() if "ref_nll" in required else None
@@ -407,8 +418,14 @@ def train(
     if resumed is not None:
         from safetensors.torch import load_model as load_weights
 
-        load_weights(model, str(ckpt_dir / WEIGHTS_FILE), strict=True, device=str(device))
-        optimizer.load_state_dict(state["optimizer"])
+        if fsdp:
+            from safetensors.torch import load_file
+
+            sharding.load_full_state_dict(model, load_file(str(ckpt_dir / WEIGHTS_FILE)))
+            sharding.load_full_optimizer_state(model, optimizer, state["optimizer"])
+        else:
+            load_weights(model, str(ckpt_dir / WEIGHTS_FILE), strict=True, device=str(device))
+            optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         method.load_state_dict(state["method"])
         _set_rng_state(state["rng"])
@@ -458,7 +475,8 @@ def train(
                 loss = train_window(model, method, windows[w], examples, weights, tokenizer, device, tcfg,
                                     epoch, counters, trace, ref, frozen_base, epoch_plan=plan_row)
                 plan_row = None
-                dist_tools.all_reduce_gradients(model.parameters())
+                if not fsdp:  # FSDP reduce-scatters the gradients itself
+                    dist_tools.all_reduce_gradients(model.parameters())
                 if tcfg.get("max_grad_norm"):
                     torch.nn.utils.clip_grad_norm_(model.parameters(), float(tcfg["max_grad_norm"]))
                 optimizer.step()
@@ -478,10 +496,13 @@ def train(
                                 step=counters.optimizer_steps)
                 every = int(tcfg.get("checkpoint_every") or 0)
                 if every and counters.optimizer_steps % every == 0 and counters.optimizer_steps < total_steps:
+                    gathered = (sharding.full_state_dict(model), sharding.full_optimizer_state(model, optimizer)
+                                ) if fsdp else None  # collective: every rank gathers, rank 0 writes
                     if rank == 0:
                         trace.flush()
                         os.fsync(trace.fileno())  # the trace holds every row the checkpoint counts
-                        save_checkpoint(state_dir, model, optimizer, scheduler, method, position, fingerprint)
+                        save_checkpoint(state_dir, model, optimizer, scheduler, method, position, fingerprint,
+                                        gathered)
                     dist_tools.barrier()
                 if counters.optimizer_steps >= total_steps:
                     done = True
@@ -493,11 +514,13 @@ def train(
     counters.wall_time_s = counters_start_time + (time.time() - started)
     summary = _summary(cfg, counters, examples, epochs, model, report, truncated, total_steps)
     summary["processes"] = world
+    final_weights = sharding.full_state_dict(model) if fsdp else None  # collective
     if rank != 0:
         dist_tools.barrier()  # rank 0 writes the outputs
         return summary
     with atomic_directory(out_dir) as tmp:
-        merged_model(model).save_pretrained(tmp, safe_serialization=True)
+        final = merged_model(model) if final_weights is None else _unsharded_copy(final_weights, base_model, entry, tcfg)
+        final.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         shutil.copyfile(trace_path, tmp / "trace.jsonl")
         write_json_atomic(tmp / "train_summary.json", summary)
@@ -509,6 +532,16 @@ def train(
     return summary
 
 
+def _unsharded_copy(weights: dict[str, torch.Tensor], base_model: str, entry: Mapping[str, Any],
+                    tcfg: Mapping[str, Any]) -> Any:
+    """A plain model on the CPU holding a sharded run's gathered weights (LoRA
+    merged), for ``save_pretrained``."""
+    dtype = next((t.dtype for t in weights.values() if t.is_floating_point()), torch.float32)
+    model = add_lora(load_model(base_model, entry, torch.device("cpu")).to(dtype), tcfg.get("lora") or {})
+    model.load_state_dict(weights, strict=True)
+    return merged_model(model)
+
+
 def train_window(model, method, window, examples, plan_weights, tokenizer, device, tcfg, epoch,
                   counters: Counters, trace, ref, frozen_base, epoch_plan: dict | None = None) -> float:
     """Select inside each micro-batch of the window, then back-propagate the kept tokens.
@@ -518,9 +551,12 @@ def train_window(model, method, window, examples, plan_weights, tokenizer, devic
     forward/backward on its own rows only, and holds the *global* selection,
     so counters and trace rows are those of one process; the loss is divided
     by the window's kept tokens over all ranks.  The caller sums the
-    gradients over ranks (:func:`qtbench.distributed.all_reduce_gradients`)."""
+    gradients over ranks (:func:`qtbench.distributed.all_reduce_gradients`),
+    or FSDP averages them (the loss is then scaled by the world size, and a
+    rank without kept rows runs a dummy forward/backward: ``qtbench.sharding``)."""
     pad = tokenizer.pad_token_id
     rank, world = dist_tools.rank_and_world()
+    fsdp = sharding.is_sharded(model)
     selected = []
     for batch_indices in window:
         full_batch = collate([examples[i] for i in batch_indices], pad)  # padded to the whole micro-batch's width
@@ -557,9 +593,11 @@ def train_window(model, method, window, examples, plan_weights, tokenizer, devic
                 sums, _, local_means = masked_token_losses(model, sub, mine.token_keep[local_keep].to(device))
                 weight = mine.sample_weight[local_keep].to(device=device, dtype=sums.dtype)
                 loss = (sums * weight).sum() / window_tokens
-                loss.backward()
+                (loss * world if fsdp else loss).backward()
                 total += float(loss.detach())
                 ce_sum = float(sums.detach().sum())
+            elif fsdp:
+                _dummy_forward(model, device, backward=True)
             observed_ids, observed = dist_tools.gather_observations(local_ids, local_means.cpu())
             method.observe(observed_ids, observed, epoch)
             ce_sum = dist_tools.global_sum(ce_sum)
@@ -578,6 +616,15 @@ def train_window(model, method, window, examples, plan_weights, tokenizer, devic
     total = dist_tools.global_sum(total)
     counters.loss_sum += total
     return total
+
+
+def _dummy_forward(model: Any, device: torch.device, backward: bool = False) -> None:
+    """A one-token forward (and zero-loss backward) that takes part in a
+    sharded model's collectives for a rank with nothing of its own to run."""
+    ids = torch.zeros((1, 1), dtype=torch.long, device=device)
+    logits = model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False).logits
+    if backward:
+        (logits.float().sum() * 0.0).backward()
 
 
 def _select(method, model, batch, full_batch, rows, ids, response, device, tcfg, epoch, counters, ref, frozen_base):

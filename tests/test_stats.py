@@ -91,8 +91,6 @@ def test_last_layer_attention_equals_eager_output_attentions():
     while the hidden states are those of a forward without the hook."""
     from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
-    from qtbench.stats import _final_hidden
-
     torch.manual_seed(0)
     common = dict(vocab_size=50, hidden_size=32, intermediate_size=48, num_hidden_layers=3, num_attention_heads=4,
                   num_key_value_heads=2, max_position_embeddings=64)
@@ -106,11 +104,20 @@ def test_last_layer_attention_equals_eager_output_attentions():
         got = token_nll_entropy(model, input_ids, attention_mask, want_attention=True)["attention_received"]
         attended = attention_mask[:, 1:].bool()
         torch.testing.assert_close(got.double()[attended], expected[attended], atol=1e-6, rtol=1e-5)
-        plain, _ = _final_hidden(model, input_ids, attention_mask)
-        hooked, _ = _final_hidden(model, input_ids, attention_mask, attentions=True)
-        torch.testing.assert_close(hooked, plain)
+        plain = token_nll_entropy(model, input_ids, attention_mask)
+        hooked = token_nll_entropy(model, input_ids, attention_mask, want_attention=True)
+        torch.testing.assert_close(hooked["nll"], plain["nll"])  # the forward itself is unchanged
         assert model.config._attn_implementation == "sdpa"
         assert model.model.layers[-1].self_attn.config is model.config  # the hook is gone
+
+
+class _FixedHidden(torch.nn.Module):
+    def __init__(self, hidden_states: torch.Tensor):
+        super().__init__()
+        self.hidden_states = hidden_states
+
+    def forward(self, input_ids, attention_mask=None, **kwargs):
+        return type("Out", (), {"last_hidden_state": self.hidden_states})()
 
 
 class _RandomLogitsModel(torch.nn.Module):
@@ -121,20 +128,19 @@ class _RandomLogitsModel(torch.nn.Module):
     def __init__(self, hidden_states: torch.Tensor, vocab: int):
         super().__init__()
         self.hidden_states = hidden_states
+        self.decoder = _FixedHidden(hidden_states)
         self.head = torch.nn.Linear(hidden_states.shape[-1], vocab, bias=False)
         torch.nn.init.normal_(self.head.weight, std=5.0 / hidden_states.shape[-1] ** 0.5)
 
     def get_decoder(self):
-        outer = self
-
-        class Decoder:
-            def __call__(self, input_ids, attention_mask, **kwargs):
-                return type("Out", (), {"last_hidden_state": outer.hidden_states})()
-
-        return Decoder()
+        return self.decoder
 
     def get_output_embeddings(self):
         return self.head
+
+    def forward(self, input_ids, attention_mask=None, use_cache=False, logits_to_keep=0):
+        hidden = self.decoder(input_ids, attention_mask).last_hidden_state
+        return type("Out", (), {"logits": self.head(hidden[:, -logits_to_keep:])})()
 
 
 def test_stats_pass_on_random_logits_matches_a_float64_reference():
