@@ -76,6 +76,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=max(1, min(8, os.cpu_count() or 1)))
     parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
     parser.add_argument("--methods", nargs="*", default=None, help="default: every registered method")
+    parser.add_argument("--processes", type=int, default=1,
+                        help="N > 1: also train q_tuning with N processes (GPUs), data-parallel and FSDP, and "
+                             "compare its decisions with the one-process run")
     args = parser.parse_args(argv)
 
     import torch
@@ -164,12 +167,70 @@ def main(argv: list[str] | None = None) -> int:
         if evaluation["status"] != "ok":
             failures.append("evaluate")
 
+    if args.processes > 1 and any(r["method"] == "q_tuning" and r["status"] == "ok" for r in rows):
+        run = next(r for r in runs if r.method == "q_tuning")
+        for fsdp in (False, True):
+            row = several_processes(args, qconfig.train_config(cfg, run), run.run_id, fsdp)
+            rows.append(row)
+            if row["status"] != "ok":
+                failures.append(row["method"])
+            print(json.dumps(row), flush=True)
+
     report = {"device": args.device, "torch": torch.__version__,
               "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
               "expected_dtype": expected_dtype, "methods": rows, "evaluation": evaluation, "failures": failures}
     (args.out / "summary.json").write_text(json.dumps(report, indent=2) + "\n")
     print_table(rows, evaluation, report)
     return 1 if failures else 0
+
+
+def several_processes(args: argparse.Namespace, run_config: dict, run_id: str, fsdp: bool) -> dict:
+    """Train ``run_config`` (Q-Tuning) with ``args.processes`` processes - on
+    GPUs through the train rule's launcher (``qtbench.distributed launch
+    --gpus N --distributed``), on CPU under torchrun - and compare every
+    per-sample keep decision with the one-process run's trace.  On CPU they
+    must all agree; in bf16 on GPUs a decision on a near tie may flip (each
+    rank's kernels see other shapes), so 90% agreement is asked for."""
+    import subprocess
+
+    from qtbench.distributed import launch_command
+
+    started = time.time()
+    name = f"q_tuning x{args.processes}" + (" fsdp" if fsdp else "")
+    row = {"method": name, "budget": run_config["run"]["budget"], "status": "ok"}
+    out = args.out / "several" / ("fsdp" if fsdp else "ddp")
+    config = json.loads(json.dumps(run_config))
+    config["train"]["fsdp"] = fsdp
+    command = [sys.executable, "-m", "qtbench.cli", "train", "--run-config", json.dumps(config),
+               "--base-model", str(args.base), "--data", str(Path(args.world) / "sft.jsonl"),
+               "--out", str(out / "checkpoint"), "--state-dir", str(out / "state"), "--no-progress"]
+    if args.device == "cuda":
+        command = [sys.executable, "-m", "qtbench.distributed", "launch", "--gpus", str(args.processes),
+                   "--distributed", "--", *command]
+    else:
+        command = launch_command(command, args.processes)
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        print(done.stderr[-4000:], file=sys.stderr)
+        row["status"] = f"FAIL: exit {done.returncode}"
+    else:
+        def decisions(folder: Path) -> list:
+            rows = [json.loads(line) for line in (folder / "trace.jsonl").read_text().splitlines()]
+            return [(i, k) for r in rows for i, k in zip(r["samples"]["id"], r["samples"]["kept"])]
+
+        one = decisions(args.out / "runs" / run_id / "checkpoint")
+        many = decisions(out / "checkpoint")
+        same = sum(a == b for a, b in zip(one, many)) / max(1, len(one))
+        summary = json.loads((out / "checkpoint" / "train_summary.json").read_text())
+        row.update(steps=summary["optimizer_steps"], samples=summary["samples_trained"],
+                   loss_tokens=summary["loss_tokens"], loss=summary["mean_loss"], dtype=weights_dtype(out / "checkpoint"),
+                   agreement=round(same, 4))
+        needed = 1.0 if args.device == "cpu" else 0.9
+        if len(one) != len(many) or summary["processes"] != args.processes or same < needed:
+            row["status"] = (f"FAIL: {len(many)} decisions vs {len(one)}, {summary['processes']} processes, "
+                             f"{same:.1%} agree with one process (need {needed:.0%})")
+    row["seconds"] = round(time.time() - started, 1)
+    return row
 
 
 def print_table(rows: list[dict], evaluation: dict, report: dict) -> None:

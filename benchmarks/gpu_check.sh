@@ -12,7 +12,10 @@
 #    run configs qtbench.config builds for the Snakefile;
 # 3. evaluates one checkpoint with lm-eval, batch_size=auto (8 on CPU);
 # 4. checks that GPU pinning works (python -m qtbench.distributed launch);
-# 5. prints a table (and writes $OUT/summary.json); exits non-zero on any failure.
+# 5. with 2+ GPUs: trains Q-Tuning on two (data-parallel, then FSDP) through the
+#    train rule's launcher and compares its decisions with one GPU's (on CPU:
+#    two torchrun processes);
+# 6. prints a table (and writes $OUT/summary.json); exits non-zero on any failure.
 #
 # Environment: QTBENCH_GPU_CHECK_DEVICE (cuda | cpu, default cuda),
 # QTBENCH_GPU_CHECK_STEPS (optimizer steps per method, default 3),
@@ -73,9 +76,16 @@ echo "launch --gpus 0 -> device count: $seen"
 [ "$seen" = "0" ] || pin_ok=0
 
 stage "train every method ($STEPS steps each) and evaluate one checkpoint"
+# With 2+ GPUs (or on CPU: 2 processes) Q-Tuning also trains on two, data-parallel and FSDP.
+if [ "$DEVICE" = "cuda" ]; then
+  PROCESSES=$("$PY" -c 'import torch; print(min(2, torch.cuda.device_count()))')
+else
+  PROCESSES=2
+fi
 status=0
-"$PY" "$REPO/benchmarks/gpu_check.py" --world "$OUT/world" --base "$OUT/base" --out "$OUT/check" \
-  --steps "$STEPS" --device "$DEVICE" --threads "$THREADS" 2> "$OUT/check.log" || status=$?
+QTBENCH_GPU_LOCK_DIR="$OUT/gpu-locks" "$PY" "$REPO/benchmarks/gpu_check.py" --world "$OUT/world" --base "$OUT/base" \
+  --out "$OUT/check" --steps "$STEPS" --device "$DEVICE" --threads "$THREADS" --processes "$PROCESSES" \
+  2> "$OUT/check.log" || status=$?
 
 stage "done"
 if [ "$pin_ok" != 1 ]; then
