@@ -537,7 +537,8 @@ def _unsharded_copy(weights: dict[str, torch.Tensor], base_model: str, entry: Ma
     """A plain model on the CPU holding a sharded run's gathered weights (LoRA
     merged), for ``save_pretrained``."""
     dtype = next((t.dtype for t in weights.values() if t.is_floating_point()), torch.float32)
-    model = add_lora(load_model(base_model, entry, torch.device("cpu")).to(dtype), tcfg.get("lora") or {})
+    entry = dict(entry, dtype=str(dtype).removeprefix("torch."))  # load in the trained dtype (bf16 on GPUs), not fp32
+    model = add_lora(load_model(base_model, entry, torch.device("cpu")), tcfg.get("lora") or {})
     model.load_state_dict(weights, strict=True)
     return merged_model(model)
 
