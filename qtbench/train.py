@@ -378,6 +378,14 @@ def train(
     info = DatasetInfo(records, [e.response_length for e in examples], scores)
 
     model = load_model(base_model, entry, device)
+    if tcfg.get("gradient_checkpointing"):
+        # recompute each layer's activations in the backward instead of keeping them (memory for
+        # 8 x 2048-token micro-batches on 7B+ models); non-reentrant: works with LoRA and FSDP
+        enable = getattr(model, "activation_checkpointing_enable", None)  # transformers 5's name
+        if enable is not None:
+            enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model = add_lora(model, tcfg.get("lora") or {})
     fsdp = bool(tcfg.get("fsdp")) and world > 1
     if fsdp:

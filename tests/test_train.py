@@ -163,3 +163,34 @@ def test_epoch_plan_is_traced(tiny_model_dir, records_file, tmp_path):
         trained = {i for r in rows if r["epoch"] == plan["epoch"] for i in r["samples"]["id"]}
         assert trained == set(plan["epoch_plan"]["id"])
     assert summary["samples_trained"] == 24
+
+
+def test_gradient_checkpointing_trains_the_same_weights(tiny_model_dir, records_file, tmp_path):
+    """``train.gradient_checkpointing`` recomputes activations in the backward:
+    the same update (to float rounding), for full weights and for LoRA."""
+    import qtbench.train as train_mod
+
+    seen = []
+    original = train_mod.train_window
+
+    def spy(model, *args, **kwargs):
+        flag = getattr(model, "is_activation_checkpointing", None)  # transformers >= 5.x name
+        seen.append(bool(flag if flag is not None else model.is_gradient_checkpointing))
+        return original(model, *args, **kwargs)
+
+    for lora in ({"rank": 0}, {"rank": 4, "alpha": 8, "dropout": 0.0, "target": "all-linear"}):
+        out = {}
+        for on in (False, True):
+            seen.clear()
+            train_mod.train_window = spy
+            try:
+                train(run_config("q_tuning", "0.5", "0.5", max_steps=3, gradient_checkpointing=on, lora=lora),
+                      tmp_path / f"{lora['rank']}-{on}", str(tiny_model_dir), str(records_file), progress=False)
+            finally:
+                train_mod.train_window = original
+            assert seen and all(flag == on for flag in seen)
+            out[on] = weights(tmp_path / f"{lora['rank']}-{on}")
+        base = weights(tiny_model_dir)
+        assert max(float((out[True][k] - base[k]).abs().max()) for k in base) > 1e-4
+        for key in out[False]:
+            torch.testing.assert_close(out[True][key], out[False][key], atol=1e-6, rtol=1e-5)
