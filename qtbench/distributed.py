@@ -19,7 +19,9 @@ contiguous row shards (:func:`shard_rows`), and
 4. every rank keeps its own rows (:func:`scatter_selection`), cut back to its
    own token width, and back-propagates only those.
 
-:func:`select_distributed` does 2-4 in one call.  The decision is therefore a
+:func:`select_distributed` does 2-4 in one call (:func:`select_global` 2-3: the
+trainer keeps the whole micro-batch's selection for its counts and trace).
+The decision is therefore a
 function of the global micro-batch's statistics only - the same for 1, 2 or 8
 GPUs (``tests/test_distributed.py`` checks it with 2 and 3 CPU processes over
 gloo against one process, for Q-Tuning and baseline pairs).  Random pruners
@@ -91,9 +93,9 @@ if TYPE_CHECKING:  # torch is imported where it is used: the launcher starts wit
     from qtbench.pruning import BatchStats, Selection
 
 __all__ = [
-    "all_reduce_gradients", "barrier", "broadcast_object", "ddp_loss_scale", "gather_observations", "gather_stats",
-    "global_sum", "global_sums", "init_from_env", "is_distributed", "local_device", "local_rows", "rank_and_world",
-    "scatter_selection", "select_distributed", "selection_to_cpu", "shard_rows",
+    "all_reduce_gradients", "barrier", "broadcast_object", "ddp_loss_scale", "decide_once", "gather_observations",
+    "gather_stats", "global_sum", "global_sums", "init_from_env", "is_distributed", "local_device", "local_rows",
+    "rank_and_world", "scatter_selection", "select_distributed", "select_global", "selection_to_cpu", "shard_rows",
 ]
 
 
@@ -347,32 +349,45 @@ def selection_to_cpu(selection: Selection) -> Selection:
     return out
 
 
-def select_distributed(method: Any, local: BatchStats, group: Any = None, decide_on: str = "rank0",
-                       with_global: bool = False) -> Selection | tuple[Selection, Selection]:
-    """Gather the shards' stats, decide once on the global micro-batch, and
-    return this rank's rows of the decision (see the module docstring).
+def decide_once(method: Any, stats: BatchStats, group: Any = None) -> Selection:
+    """``method.select(stats)`` run by rank 0 and broadcast (on the CPU), so
+    that every rank holds rank 0's decision whatever its own method state;
+    ``method.select(stats)`` itself without a process group.  ``stats`` must
+    be the whole micro-batch's (gathered, or built on every rank)."""
+    if not is_distributed(group):
+        return method.select(stats)
+    rank, _ = rank_and_world(group)
+    return broadcast_object(selection_to_cpu(method.select(stats)) if rank == 0 else None, 0, group)
 
-    ``decide_on="rank0"``: rank 0 runs ``method.select`` and broadcasts the
-    selection (the method's state then only matters on rank 0);
-    ``"all"``: every rank runs it on the identical gathered stats (no
-    broadcast; every rank must hold the same method state).  Without a
-    process group this is ``method.select(local)``.  ``with_global=True``
-    returns ``(this rank's rows, the whole micro-batch's selection)`` (the
-    trace is written from the latter)."""
+
+def _gather_and_decide(method: Any, local: BatchStats, group: Any, decide_on: str
+                       ) -> tuple[Selection, list[slice], list[int]]:
     if decide_on not in ("rank0", "all"):
         raise ValueError(f"decide_on must be 'rank0' or 'all', got {decide_on!r}")
-    if not is_distributed(group):
-        selection = method.select(local)
-        return (selection, selection) if with_global else selection
-    rank, _ = rank_and_world(group)
     stats, rows, widths = gather_stats(local, group)
-    if decide_on == "all":
-        selection = method.select(stats)
-    else:
-        selection = selection_to_cpu(method.select(stats)) if rank == 0 else None
-        selection = broadcast_object(selection, 0, group)
-    mine = scatter_selection(selection, rows[rank], widths[rank])
-    return (mine, selection) if with_global else mine
+    selection = method.select(stats) if decide_on == "all" else decide_once(method, stats, group)
+    return selection, rows, widths
+
+
+def select_global(method: Any, local: BatchStats, group: Any = None, decide_on: str = "rank0") -> Selection:
+    """Gather the shards' stats and decide once on the global micro-batch:
+    the whole micro-batch's selection, the same on every rank (the trainer
+    counts and traces from it).
+
+    ``decide_on="rank0"``: rank 0 runs ``method.select`` and broadcasts the
+    selection (:func:`decide_once`; the method's state then only matters on
+    rank 0); ``"all"``: every rank runs it on the identical gathered stats (no
+    broadcast; every rank must hold the same method state).  Without a
+    process group this is ``method.select(local)``."""
+    return _gather_and_decide(method, local, group, decide_on)[0]
+
+
+def select_distributed(method: Any, local: BatchStats, group: Any = None, decide_on: str = "rank0") -> Selection:
+    """This rank's rows of :func:`select_global`'s decision, cut to its own
+    token width (see the module docstring)."""
+    selection, rows, widths = _gather_and_decide(method, local, group, decide_on)
+    rank, _ = rank_and_world(group)
+    return scatter_selection(selection, rows[rank], widths[rank])
 
 
 def gather_observations(sample_ids: Tensor, losses: Tensor, group: Any = None) -> tuple[Tensor, Tensor]:

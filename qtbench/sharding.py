@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["full_optimizer_state", "full_state_dict", "is_sharded", "load_full_optimizer_state",
+__all__ = ["dummy_forward", "full_optimizer_state", "full_state_dict", "is_sharded", "load_full_optimizer_state",
            "load_full_state_dict", "reshard_root", "shard_model"]
 
 
@@ -62,12 +62,21 @@ def shard_model(model: Any) -> Any:
     for layer in _decoder_layers(model):
         fully_shard(layer)
     fully_shard(model)
-    device = next(model.parameters()).device
-    with torch.no_grad():
-        ids = torch.zeros((1, 1), dtype=torch.long, device=device)
-        model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False)
-    reshard_root(model)
+    dummy_forward(model)
     return model
+
+
+def dummy_forward(model: Any, backward: bool = False) -> None:
+    """A one-token forward (and, with ``backward``, a zero-loss backward) that
+    takes part in a sharded model's collectives for a rank with nothing of
+    its own to run; without a backward the root is resharded after it."""
+    ids = torch.zeros((1, 1), dtype=torch.long, device=next(model.parameters()).device)
+    with torch.set_grad_enabled(backward):
+        logits = model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False).logits
+    if backward:
+        (logits.float().sum() * 0.0).backward()
+    else:
+        reshard_root(model)
 
 
 def reshard_root(model: Any) -> None:

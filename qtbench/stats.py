@@ -21,7 +21,7 @@ import torch
 
 from qtbench.data import IGNORE_INDEX, collate, tokenize_example
 from qtbench.pruning import KNOWN_STATS, BatchStats
-from qtbench.sharding import is_sharded, reshard_root
+from qtbench.sharding import dummy_forward, is_sharded, reshard_root
 
 DEFAULT_CHUNK = 128
 
@@ -45,15 +45,10 @@ def _inside_forward(model: Any, on_head: Any):
         seen["hidden"] = output.last_hidden_state if hasattr(output, "last_hidden_state") else output[0]
 
     def call_back(module, _args, _output):
-        if seen.get("busy"):
-            return  # on_head's own calls of the head
+        hooks[1].remove()  # once: on_head calls the head itself
         if "hidden" not in seen:
             raise RuntimeError(f"{type(model).__name__}: the LM head ran before the decoder's output was seen")
-        seen["busy"] = True
-        try:
-            on_head(module, seen.pop("hidden"))
-        finally:
-            seen["busy"] = False
+        on_head(module, seen.pop("hidden"))
 
     hooks = [backbone.register_forward_hook(keep_hidden), head.register_forward_hook(call_back)]
     try:
@@ -233,8 +228,7 @@ def compute_batch_stats(
     input_ids, attention_mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
     if input_ids.shape[0] == 0:  # a rank's empty shard of a small micro-batch: nothing to run
         if is_sharded(model):  # ... but a sharded model's forward is collective: take part with one token
-            token_nll_entropy(model, input_ids.new_zeros((1, 2)), attention_mask.new_ones((1, 2)), chunk_size,
-                              want_entropy="entropy" in required, want_attention="attention_received" in required)
+            dummy_forward(model)
         zeros = torch.zeros((0, max(input_ids.shape[1] - 1, 0)), device=input_ids.device)
         ids = torch.zeros(0, dtype=torch.long) if sample_ids is None else sample_ids
         return BatchStats(zeros, zeros.clone(), zeros.bool(), zeros.bool(), ids.cpu(), step, epoch,

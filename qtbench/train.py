@@ -445,12 +445,10 @@ def train(
                             state["planned_epoch"], Counters(**state["counters"]))
         log.info("resumed %s from %s at epoch %d, step %d", run["run_id"], ckpt_dir, position.epoch,
                  position.counters.optimizer_steps)
-    else:
-        dist_tools.barrier()  # every rank has decided not to resume before rank 0 clears the state
-        if rank == 0:
-            _clear_state(state_dir)
-            state_dir.mkdir(parents=True, exist_ok=True)
-    dist_tools.barrier()
+    elif rank == 0:  # every rank has read what it needs: the decision above was collective
+        _clear_state(state_dir)
+        state_dir.mkdir(parents=True, exist_ok=True)
+    dist_tools.barrier()  # the state folder is ready before anyone writes to it
 
     tracker = tracking.start_run(
         cfg.get("wandb", {}), name=run["run_id"], group=cfg.get("experiment", "qtbench"), job_type="train",
@@ -521,7 +519,7 @@ def train(
 
     counters.wall_time_s = counters_start_time + (time.time() - started)
     summary = _summary(cfg, counters, examples, epochs, model, report, truncated, total_steps)
-    summary["processes"] = world
+    summary["processes"], summary["fsdp"] = world, fsdp
     final_weights = sharding.full_state_dict(model) if fsdp else None  # collective
     if rank != 0:
         dist_tools.barrier()  # rank 0 writes the outputs
@@ -606,7 +604,7 @@ def train_window(model, method, window, examples, plan_weights, tokenizer, devic
                 total += float(loss.detach())
                 ce_sum = float(sums.detach().sum())
             elif fsdp:
-                _dummy_forward(model, device, backward=True)
+                sharding.dummy_forward(model, backward=True)
             observed_ids, observed = dist_tools.gather_observations(local_ids, local_means.cpu())
             method.observe(observed_ids, observed, epoch)
             ce_sum = dist_tools.global_sum(ce_sum)
@@ -627,15 +625,6 @@ def train_window(model, method, window, examples, plan_weights, tokenizer, devic
     return total
 
 
-def _dummy_forward(model: Any, device: torch.device, backward: bool = False) -> None:
-    """A one-token forward (and zero-loss backward) that takes part in a
-    sharded model's collectives for a rank with nothing of its own to run."""
-    ids = torch.zeros((1, 1), dtype=torch.long, device=device)
-    logits = model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False).logits
-    if backward:
-        (logits.float().sum() * 0.0).backward()
-
-
 def _select(method, model, batch, full_batch, rows, ids, response, device, tcfg, epoch, counters, ref, frozen_base):
     """The whole micro-batch's selection (on every rank, the same).
 
@@ -646,14 +635,11 @@ def _select(method, model, batch, full_batch, rows, ids, response, device, tcfg,
                                     ref, frozen_base, int(tcfg.get("stats_chunk", 128)))
         counters.input_tokens_scored += int(full_batch["attention_mask"].sum())
         counters.input_positions_scored += padded_size(full_batch["attention_mask"])
-        _, selection = dist_tools.select_distributed(method, stats, with_global=True)
-        return dist_tools.selection_to_cpu(selection)
-    if method.needs_select:
+        return dist_tools.selection_to_cpu(dist_tools.select_global(method, stats))
+    if method.needs_select:  # random draws read only the masks, which every rank has for the whole micro-batch
         attended = full_batch["attention_mask"][:, 1:].bool()
         stats = BatchStats.masks_only(response, attended, ids, counters.optimizer_steps, epoch)
-        # one rank draws and broadcasts: every rank then holds rank 0's decision whatever its own state
-        selection = method.select(stats) if dist_tools.rank_and_world()[0] == 0 else None
-        return dist_tools.broadcast_object(selection)
+        return dist_tools.decide_once(method, stats)
     return method.select_without_stats(response)
 
 

@@ -360,7 +360,7 @@ def test_training_on_two_processes_equals_one(tmp_path):
         base_weights = load_file(str(base / "model.safetensors"))
         for name, tensor in weights[0].items():
             # each rank's matmuls run on fewer rows and round differently; AdamW at lr 1e-2 turns
-            # that into ~1e-5 absolute - three orders of magnitude below what training moved
+            # that into up to ~1e-4 absolute - over two orders of magnitude below what training moved
             moved = float((tensor - base_weights[name]).abs().max())
             assert moved > 1e-3, (run_id, name)  # it did train
             assert float((tensor - weights[1][name]).abs().max()) <= 1e-2 * moved, (run_id, name)
@@ -546,7 +546,8 @@ def test_fsdp_on_two_processes_trains_like_one_and_resumes(tmp_path):
         assert len(rows[0]) == len(rows[1]) > 0, run_id
         assert_close(rows[0], rows[1], run_id)
         summaries = [json.loads((d / "train_summary.json").read_text()) for d in (one, two)]
-        assert summaries[1]["processes"] == 2
+        assert (summaries[0]["processes"], summaries[0]["fsdp"]) == (1, False)
+        assert (summaries[1]["processes"], summaries[1]["fsdp"]) == (2, True)  # really sharded
         assert summaries[0]["samples_trained"] == summaries[1]["samples_trained"]
         weights = [load_file(str(d / "model.safetensors")) for d in (one, two)]
         assert weights[0].keys() == weights[1].keys()
