@@ -23,4 +23,4 @@ include: "workflow/rules/report.smk"
 rule all:
     default_target: True
     input:
-        final_outputs(),
+        aggregate_outputs(),  # every table and plot (report.smk)

@@ -1,7 +1,7 @@
 """Baseline pruning methods, one module each.
 
 Every module in this package registers its pruner(s) with the decorators of
-``qtbench.pruning`` (``register_sample_pruner`` / ``register_token_pruner``).
+``qtbench.methods.registry`` (``register_sample_pruner`` / ``register_token_pruner``).
 :func:`discover` imports all of them, so adding a baseline means dropping one
 file here and naming it in the config: nothing else changes.
 """

@@ -24,7 +24,7 @@ from typing import Any, Iterable, Mapping
 
 import torch
 
-from qtbench.pruning import BatchStats, Budget, SamplePruner, TokenPruner
+from qtbench.methods.base import BatchStats, Budget, SamplePruner, TokenPruner
 
 Tensor = torch.Tensor
 

@@ -11,19 +11,19 @@ from baselines._common import (
     epoch_keep_count,
     keep_by_score,
 )
-from qtbench.pruning import Budget, DatasetInfo, EpochPlan
+from qtbench.methods.base import Budget, DatasetInfo, EpochPlan
 
 SCORING_DEFAULTS = {"batch_size": 16, "max_length": 512}
 
 
 def response_losses(records: list[dict], model: Any, tokenizer: Any, options: Mapping[str, Any]) -> tuple[list[float], list[float]]:
     """Mean response NLL given the prompt, and of the response alone."""
-    from qtbench import data as qdata
-    from qtbench import stats as qstats
+    from qtbench.data.template import format_prompt
+    from qtbench.methods import stats as qstats
 
     batch_size = int(options.get("batch_size", SCORING_DEFAULTS["batch_size"]))
     max_length = int(options.get("max_length", SCORING_DEFAULTS["max_length"]))
-    pairs = [qdata.format_prompt(r) for r in records]
+    pairs = [format_prompt(r) for r in records]
     prompts = [p for p, _ in pairs]
     responses = [r for _, r in pairs]
     conditioned = qstats.mean_response_nll(model, tokenizer, prompts, responses, batch_size=batch_size, max_length=max_length)

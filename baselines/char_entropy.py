@@ -24,7 +24,8 @@ import math
 from collections import Counter
 
 from baselines._common import EpochLevelSamplePruner, epoch_keep_count, keep_by_score
-from qtbench.pruning import DatasetInfo, EpochPlan, register_sample_pruner
+from qtbench.methods.base import DatasetInfo, EpochPlan
+from qtbench.methods.registry import register_sample_pruner
 
 
 def char_entropy(text: str) -> float:

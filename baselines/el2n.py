@@ -21,7 +21,8 @@ from __future__ import annotations
 import torch
 
 from baselines._common import BatchScoredSamplePruner, require_extra
-from qtbench.pruning import BatchStats, masked_mean, register_sample_pruner
+from qtbench.methods.base import BatchStats, masked_mean
+from qtbench.methods.registry import register_sample_pruner
 
 
 @register_sample_pruner("el2n")

@@ -25,7 +25,8 @@ from typing import Any, Mapping
 import torch
 
 from baselines._common import BatchScoredSamplePruner, check_choice
-from qtbench.pruning import BatchStats, Budget, register_sample_pruner
+from qtbench.methods.base import BatchStats, Budget
+from qtbench.methods.registry import register_sample_pruner
 
 
 @register_sample_pruner("entropy")

@@ -26,7 +26,8 @@ from __future__ import annotations
 import torch
 
 from baselines._common import ScoredTokenPruner, require_extra
-from qtbench.pruning import BatchStats, register_token_pruner
+from qtbench.methods.base import BatchStats
+from qtbench.methods.registry import register_token_pruner
 
 
 @register_token_pruner("fastv")

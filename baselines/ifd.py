@@ -10,7 +10,7 @@ the instruction even hurts (the pair is likely misaligned) and such samples are
 dropped.  The rest are ranked by IFD, highest first.
 
 * scores: IFD with mean losses (:func:`static_scores`), prompt and response as
-  the plain template renders them (``qtbench.data.format_prompt``); ``s(A)``
+  the plain template renders them (``qtbench.data.template.format_prompt``); ``s(A)``
   scores the response after BOS alone (Cherry's code prefixes a short
   "### Response:" cue; Superfiltering scores the answer alone, as here);
 * model: the base model (option ``proxy: null``, default; a model id or path
@@ -27,7 +27,7 @@ dropped.  The rest are ranked by IFD, highest first.
   ``epoch_kept``); if none is, the filter is ignored (traced ``filter_ignored``).
 
 Options: ``threshold`` (1.0), ``proxy`` (null = the base model; read by the
-static scoring rule, ``qtbench.static``), ``batch_size`` (16) and ``max_length``
+static scoring rule, ``qtbench.methods.static``), ``batch_size`` (16) and ``max_length``
 (512) for scoring, ``double_prune`` (false).
 """
 
@@ -36,7 +36,8 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from baselines._ifd import IfdSelection, ifd_from_losses, response_losses
-from qtbench.pruning import Budget, register_sample_pruner
+from qtbench.methods.base import Budget
+from qtbench.methods.registry import register_sample_pruner
 
 
 def static_scores(records: list[dict], model: Any, tokenizer: Any, options: Mapping[str, Any]) -> list[float]:

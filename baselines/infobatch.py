@@ -62,7 +62,8 @@ from typing import Any, Mapping
 import torch
 
 from baselines._common import EpochLevelSamplePruner, check_bool, check_fraction, make_generator
-from qtbench.pruning import Budget, DatasetInfo, EpochPlan, register_sample_pruner
+from qtbench.methods.base import Budget, DatasetInfo, EpochPlan
+from qtbench.methods.registry import register_sample_pruner
 
 Tensor = torch.Tensor
 _EPS = 1e-9

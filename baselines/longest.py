@@ -25,7 +25,8 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from baselines._common import EpochLevelSamplePruner, check_choice, epoch_keep_count, keep_by_score
-from qtbench.pruning import Budget, DatasetInfo, EpochPlan, register_sample_pruner
+from qtbench.methods.base import Budget, DatasetInfo, EpochPlan
+from qtbench.methods.registry import register_sample_pruner
 
 
 @register_sample_pruner("longest")

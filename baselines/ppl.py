@@ -26,7 +26,8 @@ from typing import Any, Mapping
 import torch
 
 from baselines._common import ScoredTokenPruner, check_choice
-from qtbench.pruning import BatchStats, Budget, register_token_pruner
+from qtbench.methods.base import BatchStats, Budget
+from qtbench.methods.registry import register_token_pruner
 
 
 @register_token_pruner("ppl")

@@ -15,7 +15,8 @@ from __future__ import annotations
 import torch
 
 from baselines._common import BatchScoredSamplePruner
-from qtbench.pruning import BatchStats, register_sample_pruner
+from qtbench.methods.base import BatchStats
+from qtbench.methods.registry import register_sample_pruner
 
 
 @register_sample_pruner("ppl_sample")

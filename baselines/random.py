@@ -42,7 +42,8 @@ from baselines._common import (
     epoch_keep_count,
     make_generator,
 )
-from qtbench.pruning import BatchStats, Budget, DatasetInfo, EpochPlan, register_sample_pruner, register_token_pruner
+from qtbench.methods.base import BatchStats, Budget, DatasetInfo, EpochPlan
+from qtbench.methods.registry import register_sample_pruner, register_token_pruner
 
 Tensor = torch.Tensor
 

@@ -21,7 +21,8 @@ random ``round(B * r_s)`` subset of every micro-batch.
 from __future__ import annotations
 
 from baselines._common import EpochLevelSamplePruner, epoch_keep_count, keep_by_score
-from qtbench.pruning import DatasetInfo, EpochPlan, register_sample_pruner
+from qtbench.methods.base import DatasetInfo, EpochPlan
+from qtbench.methods.registry import register_sample_pruner
 
 
 @register_sample_pruner("shortest_instruction")

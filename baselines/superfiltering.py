@@ -11,7 +11,7 @@ the top ``int(r_s * N)`` of the whole data set by IFD are kept.
 * scores: :func:`static_scores` (perplexity ratio; the answer alone is scored
   after BOS, as the official code scores ``output`` alone);
 * model: a small proxy, option ``proxy`` (a model id or path, read by the static
-  scoring rule ``qtbench.static``): set ``proxy: gpt2`` (124M, the paper's) on the
+  scoring rule ``qtbench.methods.static``): set ``proxy: gpt2`` (124M, the paper's) on the
   real path, pinned by ``proxy_revision`` (the proxy never inherits the base
   model's revision); ``null`` (default) falls back to the base model, which is
   what the default world uses (its base model is already tiny);
@@ -32,7 +32,8 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from baselines._ifd import IfdSelection, ifd_from_losses, response_losses
-from qtbench.pruning import Budget, register_sample_pruner
+from qtbench.methods.base import Budget
+from qtbench.methods.registry import register_sample_pruner
 
 
 def static_scores(records: list[dict], model: Any, tokenizer: Any, options: Mapping[str, Any]) -> list[float]:

@@ -31,7 +31,8 @@ from typing import Any, Mapping
 import torch
 
 from baselines._common import ScoredTokenPruner, require_extra, token_keep_count
-from qtbench.pruning import BatchStats, Budget, register_token_pruner
+from qtbench.methods.base import BatchStats, Budget
+from qtbench.methods.registry import register_token_pruner
 
 
 def global_threshold(
@@ -48,8 +49,8 @@ def global_threshold(
     every response token of ``records``, ``k = max(1, round(r_t * n_tokens))``.
 
     Pass the result as option ``threshold`` to apply the static mask exactly."""
-    from qtbench.data import collate, tokenize_records
-    from qtbench.stats import token_nll_entropy
+    from qtbench.data.batches import collate, tokenize_records
+    from qtbench.methods.stats import token_nll_entropy
 
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     examples = tokenize_records(records, tokenizer, max_length, chat_template)

@@ -11,7 +11,7 @@ set (prompt + response token ids of varied lengths) are timed, all in one
 process, for:
 
 * ``plain``: forward with labels, backward, AdamW - the reference loop;
-* qtbench's trainer step (``qtbench.train.train_window`` + optimizer step) for
+* qtbench's trainer step (``qtbench.train.step.train_window`` + optimizer step) for
   ``full``, ``q_tuning`` and two baseline pairs at r_s = 0.25 and 0.5;
 * ``hf_trainer``: ``transformers.Trainer`` on the same batches (full data).
 
@@ -43,13 +43,12 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from qtbench.data import IGNORE_INDEX, TokenizedExample, collate  # noqa: E402
-from qtbench.pruning import Budget, build_method  # noqa: E402
-from qtbench.train import Counters, epoch_order, make_optimizer, train_window  # noqa: E402
+from qtbench.data.batches import IGNORE_INDEX, TokenizedExample, collate  # noqa: E402
+from qtbench.methods.base import Budget, build_method  # noqa: E402
+from qtbench.train.loop import epoch_order, make_optimizer  # noqa: E402
+from qtbench.train.step import Counters, StepContext, train_window  # noqa: E402
 
 
-class _Tok:
-    pad_token_id = 0
 
 
 def make_model(vocab: int, hidden: int, layers: int, seed: int = 0):
@@ -102,8 +101,9 @@ def time_configs(configs, batch_orders, examples, args):
                 if kind == "plain":
                     plain_step(model, optimizer, collate([examples[i] for i in batch_ids], 0))
                 else:
-                    train_window(model, method, [batch_ids], examples, {}, _Tok, torch.device("cpu"),
-                                 {"stats_chunk": 128}, 0, counters, sink, None, None)
+                    ctx = StepContext(model, method, examples, 0, torch.device("cpu"), counters, stats_chunk=128,
+                                      trace=sink)
+                    train_window(ctx, [batch_ids], 0, {})
                     optimizer.step()
                     optimizer.zero_grad(set_to_none=True)
             times[name].append((time.perf_counter() - start) / (len(batches) - args.warmup))
@@ -155,7 +155,7 @@ def peak_memory(args) -> dict:
         code = (
             "import resource, sys, torch; sys.path.insert(0, %r)\n"
             "from benchmarks.bench_step import make_model\n"
-            "from qtbench.stats import token_nll_entropy\n"
+            "from qtbench.methods.stats import token_nll_entropy\n"
             "m = make_model(50000, 64, 1).eval(); ids = torch.randint(3, 50000, (8, 512)); mask = torch.ones_like(ids)\n"
             "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
             "token_nll_entropy(m, ids, mask, chunk_size=%d)\n"

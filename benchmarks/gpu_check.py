@@ -25,7 +25,7 @@ from pathlib import Path
 def method_list() -> list[str]:
     """Every registered method once: full, each joint method, each sample
     pruner alone, each token pruner alone, and one pair."""
-    from qtbench.pruning import registered_names
+    from qtbench.methods.registry import registered_names
 
     names = registered_names()
     return ["full", *names["joint"], *names["sample"], *[f"none+{t}" for t in names["token"]], "entropy+ppl"]
@@ -84,9 +84,10 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from qtbench import config as qconfig
-    from qtbench.pruning import SAMPLE_PRUNERS, build_method, parse_method, Budget
-    from qtbench.static import score_static
-    from qtbench.train import train
+    from qtbench.methods.base import Budget
+    from qtbench.methods.registry import SAMPLE_PRUNERS, build_method, parse_method
+    from qtbench.methods.static import score_static
+    from qtbench.train.loop import train
 
     if args.device == "cuda" and not torch.cuda.is_available():
         print("gpu_check: CUDA is not available (set QTBENCH_GPU_CHECK_DEVICE=cpu to check the script on CPU)")
@@ -193,7 +194,7 @@ def several_processes(args: argparse.Namespace, run_config: dict, run_id: str, f
     rank's kernels see other shapes), so 90% agreement is asked for."""
     import subprocess
 
-    from qtbench.distributed import launch_command
+    from qtbench.launch import launch_command
 
     started = time.time()
     name = f"q_tuning x{args.processes}" + (" fsdp" if fsdp else "")
@@ -205,7 +206,7 @@ def several_processes(args: argparse.Namespace, run_config: dict, run_id: str, f
                "--base-model", str(args.base), "--data", str(Path(args.world) / "sft.jsonl"),
                "--out", str(out / "checkpoint"), "--state-dir", str(out / "state"), "--no-progress"]
     if args.device == "cuda":
-        command = [sys.executable, "-m", "qtbench.distributed", "launch", "--gpus", str(args.processes),
+        command = [sys.executable, "-m", "qtbench.launch", "launch", "--gpus", str(args.processes),
                    "--distributed", "--", *command]
     else:
         command = launch_command(command, args.processes)

@@ -11,7 +11,7 @@
 #    needs them) for a few optimizer steps, bf16 on CUDA (dtype auto), with the
 #    run configs qtbench.config builds for the Snakefile;
 # 3. evaluates one checkpoint with lm-eval, batch_size=auto (8 on CPU);
-# 4. checks that GPU pinning works (python -m qtbench.distributed launch);
+# 4. checks that GPU pinning works (python -m qtbench.launch launch);
 # 5. with 2+ GPUs: trains Q-Tuning on two (data-parallel, then FSDP) through the
 #    train rule's launcher and compares its decisions with one GPU's (on CPU:
 #    two torchrun processes);
@@ -66,12 +66,12 @@ stage "pretrain the tiny model"
 stage "GPU pinning"
 pin_ok=1
 if [ "$DEVICE" = "cuda" ]; then
-  seen=$(QTBENCH_GPU_LOCK_DIR="$OUT/gpu-locks" "$PY" -m qtbench.distributed launch --gpus 1 -- \
+  seen=$(QTBENCH_GPU_LOCK_DIR="$OUT/gpu-locks" "$PY" -m qtbench.launch launch --gpus 1 -- \
          "$PY" -c 'import os, torch; print(os.environ["CUDA_VISIBLE_DEVICES"], torch.cuda.device_count())' 2>/dev/null) || pin_ok=0
   echo "launch --gpus 1 -> CUDA_VISIBLE_DEVICES, device count: $seen"
   [ "$(echo "$seen" | awk '{print $2}')" = "1" ] || pin_ok=0
 fi
-seen=$("$PY" -m qtbench.distributed launch --gpus 0 -- "$PY" -c 'import torch; print(torch.cuda.device_count())') || pin_ok=0
+seen=$("$PY" -m qtbench.launch launch --gpus 0 -- "$PY" -c 'import torch; print(torch.cuda.device_count())') || pin_ok=0
 echo "launch --gpus 0 -> device count: $seen"
 [ "$seen" = "0" ] || pin_ok=0
 
@@ -89,7 +89,7 @@ QTBENCH_GPU_LOCK_DIR="$OUT/gpu-locks" "$PY" "$REPO/benchmarks/gpu_check.py" --wo
 
 stage "done"
 if [ "$pin_ok" != 1 ]; then
-  echo "gpu_check: FAILED: GPU pinning (python -m qtbench.distributed launch)"
+  echo "gpu_check: FAILED: GPU pinning (python -m qtbench.launch launch)"
   status=1
 fi
 if [ "$status" != 0 ]; then

@@ -48,7 +48,7 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from qtbench.train import train
+    from qtbench.train.loop import train
 
     try:
         summary = train(args.run_config, args.out, args.base_model, args.data, static_scores=args.static_scores,
@@ -67,7 +67,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_score_static(args: argparse.Namespace) -> None:
-    from qtbench.static import score_static
+    from qtbench.methods.static import score_static
 
     score_static(args.method, args.model, args.data, args.options, args.out, model_entry=args.model_entry,
                  data_cfg=args.data_config)
@@ -135,7 +135,7 @@ def cmd_validate_config(args: argparse.Namespace) -> None:
 
 
 def cmd_methods(args: argparse.Namespace) -> None:
-    from qtbench.pruning import registered_names
+    from qtbench.methods.registry import registered_names
 
     for kind, names in registered_names().items():
         print(f"{kind}: {', '.join(names) or '-'}")

@@ -107,14 +107,10 @@ def parse_budget(budget: str) -> tuple[float, float]:
     return float(match.group(1)), float(match.group(2))
 
 
-def method_family(method: str) -> str:
-    from qtbench.pruning import parse_method
-
-    return parse_method(method).family
-
-
 def budgets_for(method: str, pairs: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
     """The (r_s, r_t) budgets a method runs at, from the config's joint pairs."""
+    from qtbench.methods.registry import method_family
+
     family = method_family(method)
     out: list[tuple[str, str]] = []
     for r_s, r_t in pairs:
@@ -226,7 +222,7 @@ def _defaults_validator(base: Any) -> Any:
 
 
 def _check_semantics(config: dict[str, Any]) -> None:
-    from qtbench.pruning import parse_method
+    from qtbench.methods.registry import parse_method
 
     for i, method in enumerate(config["methods"]):
         try:
@@ -287,7 +283,7 @@ def train_config(config: Mapping[str, Any], run: RunSpec) -> dict[str, Any]:
     """What one training job needs: the run, the model entry, data and train
     sections and the options of the pruners it uses.  Rules pass it as a
     ``params`` JSON so that a change retrains exactly the affected runs."""
-    from qtbench.pruning import parse_method
+    from qtbench.methods.registry import parse_method
 
     spec = parse_method(run.method)
     names = {spec.name, spec.sample, spec.token}

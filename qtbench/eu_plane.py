@@ -6,7 +6,7 @@ ways:
 
 * ``batch_quadrant`` - what Q-Tuning itself would decide in training: records
   are shuffled into micro-batches of the training size and each micro-batch is
-  triaged by :func:`qtbench.qtuning.decide` at the given ``r_s`` (Q2/Q4 kept,
+  triaged by :func:`qtbench.methods.q_tuning.decide` at the given ``r_s`` (Q2/Q4 kept,
   top-ups marked ``Q2+``/``Q4+``, Q1/Q3 and the unassigned middle dropped);
 * ``quadrant`` - the same bisection run once over the whole data set, a
   global picture of the plane.
@@ -23,10 +23,10 @@ from typing import Any, Mapping
 import pandas as pd
 import torch
 
-from qtbench.data import collate, tokenize_records
-from qtbench.pruning import BatchStats, Budget
-from qtbench.qtuning import bisect_thresholds, decide, quadrant_labels, quadrants
-from qtbench.stats import compute_batch_stats
+from qtbench.data.batches import collate, tokenize_records
+from qtbench.methods.base import BatchStats, Budget
+from qtbench.methods.q_tuning import bisect_thresholds, decide, quadrant_labels, quadrants
+from qtbench.methods.stats import compute_batch_stats
 
 QUADRANT_ORDER = ["Q1", "Q2", "Q2+", "Q3", "Q4", "Q4+", "mid"]
 
@@ -89,10 +89,10 @@ def run(checkpoint: str, data: str, out: str | Path, *, r_s: float = 0.25, optio
     """Score ``data`` with ``checkpoint``; write a CSV (and print the truth crosstab)."""
     from qtbench.io import write_text_atomic
     from qtbench.models import load_model, load_tokenizer
-    from qtbench.sft_data import iter_jsonl, load_records
+    from qtbench.data.sources import iter_jsonl, load_sft_records
 
     data_cfg = dict(data_cfg or {})
-    records, report = load_records(data, data_cfg.get("format", "auto"), on_bad_record="fail")
+    records, report = load_sft_records(data, data_cfg.get("format", "auto"), on_bad_record="fail")
     tokenizer = load_tokenizer(checkpoint)
     model = load_model(checkpoint).eval()
     frame = score_records(model, tokenizer, records, micro_batch, max_length, Budget(r_s, 1.0), options or {}, seed)

@@ -4,7 +4,7 @@ Table-driven: every case either fails early with the file, record or key
 named, or is skipped and reported; no failed step leaves partial output
 behind.  Safe loading (remote code, pickles, run ids as paths) and the W&B
 outage budget are checked at the end.  (Config-file validation has its own
-table in ``test_config.py``; data-adapter details are in ``test_sft_data.py``.)
+table in ``test_config.py``; data-adapter details are in ``data/test_sources.py``.)
 """
 
 from __future__ import annotations
@@ -21,18 +21,18 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import qtbench.train as train_mod
+import qtbench.train.loop as train_mod
 from qtbench import cli
 from qtbench.config import ConfigError, REPO_ROOT, run_id, validate_config
-from qtbench.data import format_prompt
+from qtbench.data.template import format_prompt
 from qtbench.evaluate import TaskNotFound, evaluate
 from qtbench.io import read_json
 from qtbench.models import load_tokenizer
-from qtbench.sft_data import DataError
-from qtbench.train import train
+from qtbench.data.sources import DataError
+from qtbench.train.loop import train
 from tests.conftest import make_records
-from tests.test_determinism import EVAL_CFG, write_task
-from tests.test_train import run_config
+from tests.train.test_determinism import EVAL_CFG, write_task
+from tests.train.test_loop import run_config
 
 GOOD = {"instruction": "what is 1 plus 2 ?", "input": "", "output": "the answer is 3 . #### 3"}
 
@@ -330,7 +330,7 @@ def test_every_torch_load_is_weights_only():
     folders = ("qtbench", "baselines", "workflow", "tests")
     sources = [p for folder in folders for p in (REPO_ROOT / folder).rglob("*.py")]
     sources += list((REPO_ROOT / "workflow").rglob("*.smk")) + [REPO_ROOT / "Snakefile"]
-    assert any(p.name == "train.py" for p in sources)
+    assert any(p.name == "checkpoint.py" and p.parent.name == "train" for p in sources)
     unsafe = []
     for path in sources:
         if not path.exists():

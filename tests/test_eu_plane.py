@@ -6,9 +6,9 @@ import pandas as pd
 import torch
 
 from qtbench.eu_plane import crosstab, score_records, truth_label
-from qtbench.qtuning import quadrant_labels
+from qtbench.methods.q_tuning import quadrant_labels
 from qtbench.models import load_model, load_tokenizer
-from qtbench.pruning import Budget
+from qtbench.methods.base import Budget
 from tests.conftest import make_records
 
 

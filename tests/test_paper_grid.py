@@ -24,7 +24,7 @@ import pytest
 import yaml
 
 from qtbench.config import REPO_ROOT, deep_merge, expand_runs, validate_config
-from qtbench.pruning import SAMPLE_PRUNERS, parse_method
+from qtbench.methods.registry import SAMPLE_PRUNERS, parse_method
 
 PAPER = REPO_ROOT / "config" / "paper.yaml"
 REASONING = REPO_ROOT / "config" / "paper_reasoning.yaml"

@@ -9,7 +9,7 @@ import types
 import pytest
 
 from qtbench import tracking
-from tests.test_train import run_config
+from tests.train.test_loop import run_config
 
 
 def test_disabled_is_a_no_op():
@@ -52,7 +52,7 @@ def test_init_failure_is_a_warning(monkeypatch):
 
 
 def test_failure_mid_training_keeps_training(tiny_model_dir, records_file, tmp_path, monkeypatch):
-    from qtbench.train import train
+    from qtbench.train.loop import train
 
     fake = types.SimpleNamespace(init=lambda **k: Exploding(), Settings=lambda **k: None)
     monkeypatch.setitem(sys.modules, "wandb", fake)

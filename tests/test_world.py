@@ -15,7 +15,7 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
-from qtbench.data import format_prompt  # noqa: E402
+from qtbench.data.template import format_prompt  # noqa: E402
 from qtbench.world import generate  # noqa: E402
 from qtbench.world.generate import DEFAULTS, TASKS, build_world, resolve_config  # noqa: E402
 

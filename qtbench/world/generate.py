@@ -44,6 +44,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from qtbench.data.template import prompt_text
+
 # ---------------------------------------------------------------------------
 # Configuration
 # ---------------------------------------------------------------------------
@@ -83,7 +85,6 @@ TASKS = ("world_arc_easy", "world_arc_challenge", "world_gsm8k", "world_squad", 
 TEMPLATE_DIR = Path(__file__).resolve().parent / "templates"
 DATA_DIR_PLACEHOLDER = "__DATA_DIR__"
 READING_INSTRUCTION = "Read the passage and answer the question."
-ANSWER_CUE = "\nAnswer:"
 
 
 def resolve_config(cfg: dict | None) -> dict:
@@ -684,16 +685,10 @@ class Item:
 
     @property
     def prompt(self) -> str:
-        return prompt_of(self.instruction, self.input)
+        return prompt_text(self.instruction, self.input)
 
     def record(self) -> dict:
         return {"instruction": self.instruction, "input": self.input, "output": self.output}
-
-
-def prompt_of(instruction: str, input_: str = "") -> str:
-    """qtbench's plain template (mirrors ``qtbench.data.format_prompt``)."""
-    instruction, input_ = instruction.strip(), (input_ or "").strip()
-    return (f"{instruction}\n\n{input_}" if input_ else instruction) + ANSWER_CUE
 
 
 class PromptRegistry:
@@ -703,7 +698,7 @@ class PromptRegistry:
         self.used: set[str] = set()
 
     def claim(self, instruction: str, input_: str = "") -> bool:
-        key = prompt_of(instruction, input_)
+        key = prompt_text(instruction, input_)
         if key in self.used:
             return False
         self.used.add(key)

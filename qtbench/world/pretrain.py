@@ -93,7 +93,7 @@ def read_corpus(path: Path) -> list[str]:
 
 
 def _sft_texts(world_dir: Path) -> list[str]:
-    from qtbench.data import format_prompt
+    from qtbench.data.template import format_prompt
 
     texts = []
     for name in ("sft.jsonl", "reference.jsonl"):
@@ -221,7 +221,8 @@ def corpus_loss(model, blocks: torch.Tensor, batch_size: int = 32) -> float:
 def response_losses(model, tokenizer, records: list[dict], max_length: int = 256, batch_size: int = 64) -> list[float]:
     """Mean response-token loss (EOS included) of each Alpaca record under the
     plain template -- exactly what SFT would compute for that record."""
-    from qtbench.data import IGNORE_INDEX, collate, format_prompt, tokenize_example
+    from qtbench.data.batches import IGNORE_INDEX, collate, tokenize_example
+    from qtbench.data.template import format_prompt
 
     model.eval()
     out: list[float] = []

@@ -12,7 +12,7 @@ if str(REPO) not in sys.path:
 
 import qtbench
 from qtbench import config as qconfig
-from qtbench.pruning import parse_method, SAMPLE_PRUNERS
+from qtbench.methods.registry import parse_method, required_stats, SAMPLE_PRUNERS
 
 # `--configfile` merges mappings key by key, so a config that names its own models
 # (config/paper.yaml) would also inherit the default's `tiny` world model: models
@@ -33,7 +33,7 @@ QTBENCH = f"PYTHONPATH={shlex.quote(str(REPO))}${{PYTHONPATH:+:$PYTHONPATH}} {sh
 # A GPU rule's command: `{ON_GPUS} {resources.gpu} -- {QTBENCH_CMD} <verb> ...`.  The launcher
 # pins the job to that many free GPUs of the machine (CUDA_VISIBLE_DEVICES; none for 0), so
 # `--resources gpu=N` jobs never share a GPU; under SLURM the allocation's GPUs are used.
-ON_GPUS = f"PYTHONPATH={shlex.quote(str(REPO))}${{PYTHONPATH:+:$PYTHONPATH}} {shlex.quote(sys.executable)} -m qtbench.distributed launch --gpus"
+ON_GPUS = f"PYTHONPATH={shlex.quote(str(REPO))}${{PYTHONPATH:+:$PYTHONPATH}} {shlex.quote(sys.executable)} -m qtbench.launch launch --gpus"
 QTBENCH_CMD = f"{shlex.quote(sys.executable)} -m qtbench.cli"
 USES_WORLD = qconfig.uses_world(config)
 
@@ -114,7 +114,3 @@ def eval_paths():
 
 def table_paths():
     return [f"{R}/tables/{stem}.{ext}" for stem in ("comparison", "long") for ext in ("csv", "md", "tex")]
-
-
-def final_outputs():
-    return aggregate_outputs()  # tables and plots (report.smk)

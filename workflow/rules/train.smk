@@ -13,10 +13,7 @@ def train_inputs(wildcards):
 
 
 def needs_reference(run):
-    from qtbench.pruning import build_method, Budget
-
-    method = build_method(run.method, Budget(float(run.r_s), float(run.r_t)), config["method_options"], run.seed)
-    return "ref_nll" in method.required_stats
+    return "ref_nll" in required_stats(run.method)
 
 
 def train_extra_args(wildcards, input):

@@ -1,4 +1,7 @@
-"""Several GPUs, one decision: the pruning path under ``torch.distributed``.
+"""Several processes, one decision: the collectives of the training step.
+
+This module only moves tensors between processes; it never asks a method for
+anything (:mod:`qtbench.train.step` makes the decision).
 
 Q-Tuning's thresholds are quantiles of the micro-batch, and every token
 pruner ranks inside a micro-batch, so a pruning decision depends on which
@@ -7,95 +10,68 @@ samples share the batch.  qtbench keeps that batch fixed by the config
 processes, each *global* micro-batch of ``B`` samples is split into ``W``
 contiguous row shards (:func:`shard_rows`), and
 
-1. every rank computes :class:`~qtbench.pruning.BatchStats` for its own rows
-   (the no-grad stats pass; under FSDP all ranks must run it together anyway);
+1. every rank computes :class:`~qtbench.methods.base.BatchStats` for its own
+   rows (the no-grad stats pass; under FSDP all ranks must run it together);
 2. the stats are gathered (:func:`gather_stats`): rows in rank order, the
    token axis padded to the longest shard with zeros / ``False`` - exactly the
    values the stats pass writes at padded positions, so the gathered stats
    equal those of one process that collated the whole micro-batch;
-3. rank 0 calls the method's ``select`` on the global stats and broadcasts the
-   :class:`~qtbench.pruning.Selection` (``decide_on="all"`` lets every rank
-   decide instead: the same input and the same code give the same answer);
+3. rank 0 decides on the global stats and the
+   :class:`~qtbench.methods.base.Selection` is broadcast
+   (:func:`broadcast_object`, :func:`selection_to_cpu`);
 4. every rank keeps its own rows (:func:`scatter_selection`), cut back to its
    own token width, and back-propagates only those.
 
-:func:`select_distributed` does 2-4 in one call (:func:`select_global` 2-3: the
-trainer keeps the whole micro-batch's selection for its counts and trace).
-The decision is therefore a
-function of the global micro-batch's statistics only - the same for 1, 2 or 8
-GPUs (``tests/test_distributed.py`` checks it with 2 and 3 CPU processes over
-gloo against one process, for Q-Tuning and baseline pairs).  Random pruners
+The decision is therefore a function of the global micro-batch's statistics
+only - the same for 1, 2 or 8 GPUs (``tests/train/test_parallel.py`` checks
+it with 2 and 3 CPU processes over gloo against one process).  Random pruners
 draw from generators seeded by (seed, step, epoch, sample ids) and the
 gathered token width equals one process's, so their draws agree too.  What
 cannot be promised is bit-identical *statistics* over a whole run: gradients
 summed over ranks round differently from one process's sum, so after the
 first update the weights - and every later NLL - agree only to float
-precision (~1e-7 relative); a decision could then differ only where two
-samples' scores tie to that precision.  (Each rank pads its shard to the whole
+precision (~1e-7 relative).  (Each rank pads its shard to the whole
 micro-batch's width, so a row's statistics do not depend on its shard.)
 
-How the trainer uses it (``qtbench train`` under ``torchrun`` or
-``accelerate launch``; one process per GPU):
+The rest of the contract (``qtbench train`` under ``torchrun``, one process
+per GPU, started by :mod:`qtbench.launch`):
 
 * :func:`init_from_env` joins the process group the launcher describes
   (``WORLD_SIZE``, ``RANK``, ``LOCAL_RANK``; NCCL on CUDA, gloo on CPU) and
   :func:`local_device` picks ``cuda:LOCAL_RANK``;
-* every rank builds the same seeded epoch order and takes its rows of each
-  global micro-batch (:func:`local_rows`);
 * the loss of a window is each rank's kept-token CE sum divided by the
   window's kept tokens over *all* ranks (:func:`global_sum`), and after the
   window :func:`all_reduce_gradients` sums the gradients - so the update is
-  one process's on the whole window (no DDP wrapper needed; with DDP instead,
-  multiply each rank's loss by :func:`ddp_loss_scale` and let its all-reduce
-  average);
+  one process's on the whole window (no DDP wrapper needed);
 * loss-history methods (InfoBatch) see every rank's per-sample losses
   (:func:`gather_observations`), so the method state - and each epoch plan -
-  is the same on every rank; counters and trace rows are global sums
-  (:func:`global_sums`);
+  is the same on every rank;
 * only rank 0 writes the trace, checkpoints and the final model
   (:func:`barrier` around them).
 
 By default every rank holds the whole model: the paper trains LoRA adapters
 (rank 8, ``train.lora``), so a 7-8B model in bf16 fits one GPU.  For full
 fine-tuning of models that do not fit, ``train.fsdp: true`` shards weights,
-gradients and optimizer state (FSDP2, ``qtbench.sharding``); the decision
-path above is unchanged, the gradients are FSDP's reduce-scatter instead of
+gradients and optimizer state (FSDP2, :mod:`qtbench.fsdp`); the decision path
+above is unchanged, the gradients are FSDP's reduce-scatter instead of
 :func:`all_reduce_gradients`.
-
-Which GPUs a job uses on one machine is :func:`main`'s job
-(``python -m qtbench.distributed launch --gpus N -- <command>``): it takes N
-free GPUs by lock files, sets ``CUDA_VISIBLE_DEVICES`` and runs the command
-(with ``--distributed``, under ``torchrun`` with N processes).  Under
-SLURM the allocation already says which GPUs are the job's, and no locks are
-taken.
 """
 
 from __future__ import annotations
 
-import argparse
-import contextlib
-import fcntl
 import os
-import tempfile
-import shlex
-import signal
-import socket
-import subprocess
-import sys
-import time
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
-if TYPE_CHECKING:  # torch is imported where it is used: the launcher starts without it
+from qtbench.methods.base import BatchStats, Selection
+
+if TYPE_CHECKING:
     import torch
     from torch import Tensor
 
-    from qtbench.pruning import BatchStats, Selection
-
 __all__ = [
-    "all_reduce_gradients", "barrier", "broadcast_object", "ddp_loss_scale", "decide_once", "gather_observations",
-    "gather_stats", "global_sum", "global_sums", "init_from_env", "is_distributed", "local_device", "local_rows",
-    "rank_and_world", "scatter_selection", "select_distributed", "select_global", "selection_to_cpu", "shard_rows",
+    "all_reduce_gradients", "barrier", "broadcast_object", "gather_observations", "gather_stats", "global_sum",
+    "init_from_env", "is_distributed", "local_device", "rank_and_world", "scatter_selection", "selection_to_cpu",
+    "shard_rows",
 ]
 
 
@@ -195,22 +171,8 @@ def all_reduce_gradients(parameters: Any, group: Any = None) -> None:
             offset += n
 
 
-def global_sums(values: Sequence[int], group: Any = None) -> list[int]:
-    """Element-wise sums over ranks of a few integer counters (one all-reduce)."""
-    if not is_distributed(group):
-        return list(values)
-    import torch
-    import torch.distributed as dist
-
-    tensor = torch.tensor(list(values), dtype=torch.int64, device=_comm_device(group))
-    dist.all_reduce(tensor, op=dist.ReduceOp.SUM, group=group)
-    return [int(v) for v in tensor.tolist()]
 
 
-def local_rows(indices: Sequence[int], group: Any = None) -> list[int]:
-    """This rank's share of a global micro-batch's data-set indices."""
-    rank, world = rank_and_world(group)
-    return list(indices)[shard_rows(len(indices), world)[rank]]
 
 
 # --------------------------------------------------------------------------- sharding
@@ -271,8 +233,6 @@ def gather_stats(local: BatchStats, group: Any = None) -> tuple[BatchStats, list
         return local, [slice(0, local.batch_size)], [int(local.nll.shape[1])]
     import torch.distributed as dist
 
-    from qtbench.pruning import BatchStats
-
     rank, world = rank_and_world(group)
     device = _comm_device(group)
     extras = sorted(local.extras)
@@ -309,8 +269,6 @@ def scatter_selection(selection: Selection, rows: slice, width: int) -> Selectio
 
     Positions past ``width`` are padding of that rank's rows and can never be
     kept (the token mask is a subset of the response mask); that is checked."""
-    from qtbench.pruning import Selection
-
     token_keep = selection.token_keep[rows]
     if token_keep.shape[1] > width and bool(token_keep[:, width:].any()):
         raise RuntimeError("the selection keeps a padded position of this rank's rows")
@@ -340,8 +298,6 @@ def broadcast_object(obj: Any, src: int = 0, group: Any = None) -> Any:
 
 def selection_to_cpu(selection: Selection) -> Selection:
     """``selection`` with every tensor on the CPU (to broadcast it, or to index it with CPU row slices)."""
-    from qtbench.pruning import Selection
-
     out = Selection(selection.sample_keep.cpu(), selection.token_keep.cpu(), selection.sample_weight.cpu(),
                     dict(selection.trace))
     if getattr(selection, "per_sample", None):
@@ -349,45 +305,12 @@ def selection_to_cpu(selection: Selection) -> Selection:
     return out
 
 
-def decide_once(method: Any, stats: BatchStats, group: Any = None) -> Selection:
-    """``method.select(stats)`` run by rank 0 and broadcast (on the CPU), so
-    that every rank holds rank 0's decision whatever its own method state;
-    ``method.select(stats)`` itself without a process group.  ``stats`` must
-    be the whole micro-batch's (gathered, or built on every rank)."""
-    if not is_distributed(group):
-        return method.select(stats)
-    rank, _ = rank_and_world(group)
-    return broadcast_object(selection_to_cpu(method.select(stats)) if rank == 0 else None, 0, group)
 
 
-def _gather_and_decide(method: Any, local: BatchStats, group: Any, decide_on: str
-                       ) -> tuple[Selection, list[slice], list[int]]:
-    if decide_on not in ("rank0", "all"):
-        raise ValueError(f"decide_on must be 'rank0' or 'all', got {decide_on!r}")
-    stats, rows, widths = gather_stats(local, group)
-    selection = method.select(stats) if decide_on == "all" else decide_once(method, stats, group)
-    return selection, rows, widths
 
 
-def select_global(method: Any, local: BatchStats, group: Any = None, decide_on: str = "rank0") -> Selection:
-    """Gather the shards' stats and decide once on the global micro-batch:
-    the whole micro-batch's selection, the same on every rank (the trainer
-    counts and traces from it).
-
-    ``decide_on="rank0"``: rank 0 runs ``method.select`` and broadcasts the
-    selection (:func:`decide_once`; the method's state then only matters on
-    rank 0); ``"all"``: every rank runs it on the identical gathered stats (no
-    broadcast; every rank must hold the same method state).  Without a
-    process group this is ``method.select(local)``."""
-    return _gather_and_decide(method, local, group, decide_on)[0]
 
 
-def select_distributed(method: Any, local: BatchStats, group: Any = None, decide_on: str = "rank0") -> Selection:
-    """This rank's rows of :func:`select_global`'s decision, cut to its own
-    token width (see the module docstring)."""
-    selection, rows, widths = _gather_and_decide(method, local, group, decide_on)
-    rank, _ = rank_and_world(group)
-    return scatter_selection(selection, rows[rank], widths[rank])
 
 
 def gather_observations(sample_ids: Tensor, losses: Tensor, group: Any = None) -> tuple[Tensor, Tensor]:
@@ -417,156 +340,3 @@ def global_sum(value: int | float, group: Any = None) -> int | float:
     dist.all_reduce(tensor, op=dist.ReduceOp.SUM, group=group)
     return int(tensor.item()) if is_int else float(tensor.item())
 
-
-def ddp_loss_scale(group: Any = None) -> float:
-    """What to multiply a rank's loss by under DDP, whose all-reduce averages
-    gradients over ranks: the world size (so the update equals one process's
-    on the whole window when each rank's loss is its kept-token CE sum divided
-    by the global kept-token count)."""
-    return float(rank_and_world(group)[1])
-
-
-# --------------------------------------------------------------------------- GPUs of one machine
-
-
-def visible_gpus() -> list[str]:
-    """The GPUs this process may use: ``CUDA_VISIBLE_DEVICES`` entries when set,
-    else ``0..n-1`` for the devices torch sees."""
-    env = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if env is not None:
-        return [g.strip() for g in env.split(",") if g.strip() and g.strip() != "-1"]
-    import torch
-
-    return [str(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
-
-
-@contextlib.contextmanager
-def claim_gpus(count: int, lock_dir: str | Path, candidates: Sequence[str] | None = None,
-               timeout_s: float | None = None, poll_s: float = 5.0) -> Iterator[list[str]]:
-    """Hold ``count`` GPUs of this machine exclusively (one ``flock``-ed file per
-    GPU in ``lock_dir``) for the ``with`` block; wait until enough are free.
-
-    Snakemake's ``--resources gpu=N`` caps how many GPUs the running jobs ask
-    for in total, not which ones they use: without this every job would run on
-    GPU 0.  Locks die with the process, so a killed job frees its GPUs."""
-    candidates = list(visible_gpus() if candidates is None else candidates)
-    if count < 0:
-        raise ValueError(f"count must be >= 0, got {count}")
-    if count > len(candidates):
-        raise RuntimeError(f"{count} GPU(s) asked for, but this machine shows {len(candidates)}: {candidates}")
-    lock_dir = Path(lock_dir)
-    lock_dir.mkdir(parents=True, exist_ok=True)
-    deadline = None if timeout_s is None else time.monotonic() + timeout_s
-    held: list[tuple[str, Any]] = []
-    try:
-        while True:
-            for gpu in candidates:
-                if len(held) == count:
-                    break
-                if any(g == gpu for g, _ in held):
-                    continue
-                handle = open(lock_dir / f"gpu{gpu}.lock", "a+")
-                try:
-                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except OSError:
-                    handle.close()
-                    continue
-                handle.seek(0)
-                handle.truncate()
-                handle.write(f"{os.getpid()}\n")
-                handle.flush()
-                held.append((gpu, handle))
-            if len(held) == count:
-                break
-            # not enough free: give back what we hold (no deadlock between jobs), wait, retry
-            for _, handle in held:
-                handle.close()
-            held.clear()
-            if deadline is not None and time.monotonic() > deadline:
-                raise TimeoutError(f"no {count} free GPU(s) among {candidates} within {timeout_s} s (locks in {lock_dir})")
-            time.sleep(poll_s)
-        yield [gpu for gpu, _ in held]
-    finally:
-        for _, handle in held:
-            handle.close()
-
-
-def free_port() -> int:
-    """A TCP port that is free now (for a process group's rendezvous)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def launch_command(command: Sequence[str], processes: int, port: int | None = None) -> list[str]:
-    """``command`` as it runs with ``processes`` processes on this machine:
-    unchanged for one, else under ``torchrun`` (``python -m
-    torch.distributed.run --nnodes 1 --nproc_per_node N ...``) around a
-    ``<python> -m <module> ...`` or ``<script> ...`` command.
-
-    torchrun is what ``accelerate launch --multi_gpu`` runs underneath; the
-    trainer needs nothing more than the environment it sets (``RANK``,
-    ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``/``MASTER_PORT``), and it
-    also runs CPU processes (gloo), which is how the tests run it."""
-    command = list(command)
-    if processes <= 1:
-        return command
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", str(processes),
-                "--master_addr", "127.0.0.1", "--master_port", str(port or free_port())]
-    if len(command) >= 3 and Path(command[0]).name.startswith("python") and command[1] == "-m":
-        return launcher + ["-m", command[2], *command[3:]]
-    return launcher + command
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m qtbench.distributed",
-        description="Run a command on N GPUs of this machine that no other qtbench job holds.")
-    sub = parser.add_subparsers(dest="verb", required=True)
-    p = sub.add_parser("launch", help="take N free GPUs, set CUDA_VISIBLE_DEVICES, run the command")
-    p.add_argument("--gpus", type=int, required=True, help="GPUs the job uses (a rule's resources.gpu); 0 = none")
-    p.add_argument("--distributed", action="store_true",
-                   help="with N > 1, run the command under torchrun with N processes (one per GPU)")
-    p.add_argument("--lock-dir", default=os.environ.get("QTBENCH_GPU_LOCK_DIR", os.path.join(tempfile.gettempdir(), "qtbench-gpu-locks")),
-                   help="one lock file per GPU (default $QTBENCH_GPU_LOCK_DIR or <tmp>/qtbench-gpu-locks)")
-    p.add_argument("--timeout", type=float, default=None, help="seconds to wait for free GPUs (default: forever)")
-    p.add_argument("command", nargs=argparse.REMAINDER, help="-- then the command")
-    args = parser.parse_args(argv)
-    command = args.command[1:] if args.command[:1] == ["--"] else args.command
-    if not command:
-        parser.error("no command given (put it after --)")
-
-    env = dict(os.environ)
-    if args.gpus <= 0:  # a job that declared no GPU sees none (it would take GPU 0 otherwise)
-        env["CUDA_VISIBLE_DEVICES"] = ""
-        return _run(command, env)
-    scheduler_assigned = "SLURM_JOB_ID" in os.environ or os.environ.get("QTBENCH_NO_GPU_LOCK") == "1"
-    if scheduler_assigned:
-        gpus = visible_gpus()[: args.gpus]
-        env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
-        return _run(launch_command(command, len(gpus) if args.distributed else 1), env)
-    with claim_gpus(args.gpus, args.lock_dir, timeout_s=args.timeout) as gpus:
-        env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
-        print(f"qtbench.distributed: GPU(s) {env['CUDA_VISIBLE_DEVICES']} for: {shlex.join(command)}", file=sys.stderr)
-        return _run(launch_command(command, len(gpus) if args.distributed else 1), env)
-
-
-def _run(command: Sequence[str], env: dict[str, str]) -> int:
-    """Run ``command``; forward SIGTERM/SIGINT (Snakemake cancelling, SLURM
-    preempting) to it and return its exit status."""
-    child = subprocess.Popen(list(command), env=env)
-
-    def forward(signum, _frame):
-        with contextlib.suppress(ProcessLookupError):
-            child.send_signal(signum)
-
-    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        return child.wait()
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 
-import qtbench.train as train_mod
+import qtbench.train.loop as train_mod
 from qtbench.evaluate import evaluate
-from tests.test_resume import state_dict, summary_without_time, trace_rows, write_records
-from tests.test_train import run_config
+from tests.train.test_checkpoint import state_dict, summary_without_time, trace_rows, write_records
+from tests.train.test_loop import run_config
 
 
 def recorded_run(cfg, out: Path, base: Path, data: Path, monkeypatch) -> list[tuple]:

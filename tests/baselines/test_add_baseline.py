@@ -15,7 +15,8 @@ NEW_BASELINE = textwrap.dedent('''
     """Shortest responses first: keeps the r_s shortest responses of each micro-batch (a toy example)."""
     import torch
 
-    from qtbench.pruning import SamplePruner, register_sample_pruner
+    from qtbench.methods.base import SamplePruner
+    from qtbench.methods.registry import register_sample_pruner
 
 
     @register_sample_pruner("shortest_response")
@@ -65,7 +66,8 @@ def test_one_new_file_is_enough(tmp_path):
 
     check = textwrap.dedent('''
         import torch
-        from qtbench.pruning import Budget, BatchStats, build_method, registered_names
+        from qtbench.methods.base import Budget, BatchStats
+        from qtbench.methods.registry import build_method, registered_names
         assert "shortest_response" in registered_names()["sample"]
         method = build_method("shortest_response+ppl", Budget(0.5, 0.5))
         response = torch.tensor([[1, 1, 1, 1], [1, 0, 0, 0], [1, 1, 0, 0], [1, 1, 1, 0]], dtype=torch.bool)

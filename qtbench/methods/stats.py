@@ -1,4 +1,4 @@
-"""The stats pass: :class:`~qtbench.pruning.BatchStats` from a model, one
+"""The stats pass: :class:`~qtbench.methods.base.BatchStats` from a model, one
 no-grad forward, memory-aware.
 
 The final hidden states are computed once; the LM head, log-softmax, NLL and
@@ -19,9 +19,9 @@ from typing import Any, Iterable, Sequence
 
 import torch
 
-from qtbench.data import IGNORE_INDEX, collate, tokenize_example
-from qtbench.pruning import KNOWN_STATS, BatchStats
-from qtbench.sharding import dummy_forward, is_sharded, reshard_root
+from qtbench.data.batches import attended_positions, collate, loss_positions, tokenize_example
+from qtbench.fsdp import dummy_forward, is_sharded, reshard_root
+from qtbench.methods.base import KNOWN_STATS, BatchStats
 
 DEFAULT_CHUNK = 128
 
@@ -149,7 +149,7 @@ def token_nll_entropy(
     micro-batch can be padding), over chunks of ``chunk_size x B`` positions,
     so the largest extra tensors are ``[B, chunk, V]``-sized blocks."""
     targets = input_ids[:, 1:]
-    positions = attention_mask[:, 1:].bool()
+    positions = attended_positions(attention_mask)
     out: dict[str, torch.Tensor] = {}
 
     def on_head(head: Any, hidden: torch.Tensor) -> None:
@@ -249,8 +249,8 @@ def compute_batch_stats(
             if other is None:
                 raise ValueError(f"the method needs {name!r} but no {'reference' if name == 'ref_nll' else 'base'} model was configured")
             extras[name] = token_nll_entropy(other, input_ids, attention_mask, chunk_size, want_entropy=False)["nll"]
-    response_mask = labels[:, 1:] != IGNORE_INDEX
-    attended = attention_mask[:, 1:].bool()
+    response_mask = loss_positions(labels)
+    attended = attended_positions(attention_mask)
     nll = own["nll"] * response_mask
     entropy = own.get("entropy", torch.zeros_like(nll)) * attended
     ids = torch.arange(input_ids.shape[0]) if sample_ids is None else sample_ids

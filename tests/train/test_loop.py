@@ -9,10 +9,11 @@ import pytest
 import torch
 
 from qtbench.config import RunSpec
-from qtbench.data import collate, tokenize_records
+from qtbench.data.batches import collate, tokenize_records
 from qtbench.models import load_model, load_tokenizer
-from qtbench.pruning import Method, Selection
-from qtbench.train import Counters, train_window, epoch_order, train
+from qtbench.methods.base import Method, Selection
+from qtbench.train.loop import epoch_order, train
+from qtbench.train.step import Counters, StepContext, train_window
 from tests.conftest import make_records
 
 
@@ -96,8 +97,9 @@ def test_masked_update_trains_only_kept_tokens(tiny_model_dir):
     examples = tokenize_records(make_records(4), tokenizer, 64)
     counters = Counters()
     trace = io.StringIO()
-    train_window(model, KeepFirst(), [[0, 1, 2, 3]], examples, {}, tokenizer, torch.device("cpu"),
-                  {"stats_chunk": 5}, 0, counters, trace, None, None)
+    ctx = StepContext(model, KeepFirst(), examples, tokenizer.pad_token_id, torch.device("cpu"), counters,
+                      stats_chunk=5, trace=trace)
+    train_window(ctx, [[0, 1, 2, 3]], 0, {})
     got = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
     # the same loss by hand: sample 0 alone, its first two response positions, mean over them
@@ -168,15 +170,15 @@ def test_epoch_plan_is_traced(tiny_model_dir, records_file, tmp_path):
 def test_gradient_checkpointing_trains_the_same_weights(tiny_model_dir, records_file, tmp_path):
     """``train.gradient_checkpointing`` recomputes activations in the backward:
     the same update (to float rounding), for full weights and for LoRA."""
-    import qtbench.train as train_mod
+    import qtbench.train.loop as train_mod
 
     seen = []
     original = train_mod.train_window
 
-    def spy(model, *args, **kwargs):
-        flag = getattr(model, "is_activation_checkpointing", None)  # transformers >= 5.x name
-        seen.append(bool(flag if flag is not None else model.is_gradient_checkpointing))
-        return original(model, *args, **kwargs)
+    def spy(ctx, *args, **kwargs):
+        flag = getattr(ctx.model, "is_activation_checkpointing", None)  # transformers >= 5.x name
+        seen.append(bool(flag if flag is not None else ctx.model.is_gradient_checkpointing))
+        return original(ctx, *args, **kwargs)
 
     for lora in ({"rank": 0}, {"rank": 4, "alpha": 8, "dropout": 0.0, "target": "all-linear"}):
         out = {}

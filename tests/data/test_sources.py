@@ -7,9 +7,10 @@ import json
 import pandas as pd
 import pytest
 
-from qtbench.data import IGNORE_INDEX, format_prompt, tokenize_example
+from qtbench.data.batches import IGNORE_INDEX, tokenize_example
+from qtbench.data.template import format_prompt
 from qtbench.models import load_tokenizer
-from qtbench.sft_data import DataError, load_records, to_alpaca
+from qtbench.data.sources import DataError, load_sft_records, to_alpaca
 from tests.conftest import SHARED_DATA
 
 
@@ -44,31 +45,31 @@ def test_bad_records_are_reported_with_index(tmp_path):
     ]
     path = tmp_path / "d.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    records, report = load_records(str(path))
+    records, report = load_sft_records(str(path))
     assert [r["instruction"] for r in records] == ["ok", "ok again"]
     assert report.total == 6 and report.kept == 2
     assert [i for i, _ in report.bad] == [1, 2, 3, 4]
     reasons = dict(report.bad)
     assert "'output'" in reasons[1] and "empty response" in reasons[2] and "int" in reasons[3]
     with pytest.raises(DataError, match=r"4 bad record\(s\).*record 1"):
-        load_records(str(path), on_bad_record="fail")
+        load_sft_records(str(path), on_bad_record="fail")
 
 
 def test_file_errors_name_the_file(tmp_path):
     with pytest.raises(DataError, match="missing.jsonl"):
-        load_records(str(tmp_path / "missing.jsonl"))
+        load_sft_records(str(tmp_path / "missing.jsonl"))
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"instruction": "a", "output": "b"}\n{"instruction": \n')
     with pytest.raises(DataError, match="bad.jsonl: line 2"):
-        load_records(str(bad))
+        load_sft_records(str(bad))
     truncated = tmp_path / "t.json"
     truncated.write_text('[{"instruction": "a"')
     with pytest.raises(DataError, match="t.json"):
-        load_records(str(truncated))
+        load_sft_records(str(truncated))
     empty = tmp_path / "e.jsonl"
     empty.write_text(json.dumps({"instruction": "a", "output": ""}) + "\n")
     with pytest.raises(DataError, match="no usable records"):
-        load_records(str(empty))
+        load_sft_records(str(empty))
 
 
 def test_parquet_and_json_array(tmp_path):
@@ -76,7 +77,7 @@ def test_parquet_and_json_array(tmp_path):
     pd.DataFrame(rows).to_parquet(tmp_path / "d.parquet")
     (tmp_path / "d.json").write_text(json.dumps(rows))
     for name in ("d.parquet", "d.json"):
-        records, report = load_records(str(tmp_path / name), fmt="prompt_response")
+        records, report = load_sft_records(str(tmp_path / name), fmt="prompt_response")
         assert [r["output"] for r in records] == ["r1", "r2"] and report.bad == []
 
 
@@ -105,7 +106,7 @@ def test_real_files(name, fmt, count):
     path = SHARED_DATA / name
     if not path.exists():
         pytest.skip(f"{path} not present")
-    records, report = load_records(str(path), fmt=fmt)
+    records, report = load_sft_records(str(path), fmt=fmt)
     assert report.total == count
     assert report.kept + len(report.bad) == count
     assert all(r["output"].strip() for r in records)

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from qtbench.io import write_json_atomic
-from qtbench.pruning import SAMPLE_PRUNERS, load_registry
-from qtbench.sft_data import load_records
+from qtbench.methods.registry import SAMPLE_PRUNERS, load_registry
+from qtbench.data.sources import load_sft_records
 
 
 def score_static(method: str, model_path: str, data: str, options: Mapping[str, Any], out: str | Path,
@@ -29,7 +29,7 @@ def score_static(method: str, model_path: str, data: str, options: Mapping[str, 
     if scorer is None:
         raise ValueError(f"module {module.__name__} registers static pruner {method!r} but defines no static_scores()")
     data_cfg = dict(data_cfg or {})
-    records, _ = load_records(data, data_cfg.get("format", "auto"), data_cfg.get("split", "train"),
+    records, _ = load_sft_records(data, data_cfg.get("format", "auto"), data_cfg.get("split", "train"),
                               data_cfg.get("revision"), data_cfg.get("on_bad_record", "skip"), data_cfg.get("max_records"))
     from qtbench.models import load_model, load_tokenizer
 

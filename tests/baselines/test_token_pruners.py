@@ -11,7 +11,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from qtbench.pruning import TOKEN_PRUNERS, BatchStats, Budget, load_registry
+from qtbench.methods.base import BatchStats, Budget
+from qtbench.methods.registry import TOKEN_PRUNERS, load_registry
 
 load_registry()
 
@@ -176,8 +177,8 @@ def test_token_cleaning_global_threshold_tiny_models():
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
     from baselines.token_cleaning import global_threshold
-    from qtbench.data import collate, tokenize_records
-    from qtbench.stats import compute_batch_stats
+    from qtbench.data.batches import collate, tokenize_records
+    from qtbench.methods.stats import compute_batch_stats
 
     chars = sorted(set("abcdefghijklmnopqrstuvwxyzAS:\n 0123456789"))
     vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3, **{c: i + 4 for i, c in enumerate(chars)}}

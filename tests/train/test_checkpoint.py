@@ -27,14 +27,16 @@ import pytest
 import torch
 
 import qtbench.io as qio
-import qtbench.train as train_mod
+import qtbench.train.loop as train_mod
 from qtbench.io import atomic_directory, committed_directory
 from qtbench.models import load_model
-from qtbench.pruning import Budget, DatasetInfo, build_method
-from qtbench.train import (STATE_FILE, Counters, Position, _truncate_lines, load_checkpoint, save_checkpoint,
-                           train)
+from qtbench.methods.base import Budget, DatasetInfo
+from qtbench.methods.registry import build_method
+from qtbench.train.checkpoint import STATE_FILE, Position, load_checkpoint, save_checkpoint, set_rng_state, truncate_lines
+from qtbench.train.loop import train
+from qtbench.train.step import Counters
 from tests.conftest import REPO, make_records
-from tests.test_train import run_config
+from tests.train.test_loop import run_config
 
 # --------------------------------------------------------------------------- helpers
 
@@ -243,7 +245,7 @@ def test_checkpoint_restores_optimizer_scheduler_rng_method_and_plan(tiny_model_
     found = load_checkpoint(tmp_path, "abc")
     assert found is not None
     _, state = found
-    train_mod._set_rng_state(state["rng"])
+    set_rng_state(state["rng"])
     assert (random.random(), float(np.random.rand()), float(torch.rand(1))) == expected_draws
 
     fresh_opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
@@ -284,7 +286,7 @@ def test_unsafe_trainer_state_is_refused_not_executed(tiny_model_dir, tmp_path, 
     marker = tmp_path / "pwned"
     with (state / "checkpoint" / STATE_FILE).open("wb") as handle:
         pickle.dump({"format": 2, "payload": _Payload(marker)}, handle, protocol=2)
-    with caplog.at_level(logging.WARNING, logger="qtbench.train"):
+    with caplog.at_level(logging.WARNING, logger="qtbench.train.checkpoint"):
         summary = train(cfg, out, str(tiny_model_dir), str(data), state_dir=state, progress=False)
     assert not marker.exists()
     assert "cannot read checkpoint" in caplog.text and "starting afresh" in caplog.text
@@ -298,7 +300,7 @@ def test_changed_config_starts_afresh(tiny_model_dir, tmp_path, monkeypatch, cap
     with pytest.raises(Crash):
         train(run_config(checkpoint_every=2), out, str(tiny_model_dir), str(data), state_dir=state, progress=False)
     monkeypatch.undo()
-    with caplog.at_level(logging.WARNING, logger="qtbench.train"):
+    with caplog.at_level(logging.WARNING, logger="qtbench.train.checkpoint"):
         summary = train(run_config(checkpoint_every=2, lr=5e-4), out, str(tiny_model_dir), str(data),
                         state_dir=state, progress=False)
     assert "different run config" in caplog.text
@@ -359,9 +361,9 @@ def test_atomic_directory_error_in_block_keeps_previous(tmp_path):
 def test_trace_truncation_is_by_complete_rows(tmp_path):
     path = tmp_path / "trace.jsonl"
     path.write_text('{"a": 1}\n{"a": 2}\n{"a": 3}\n{"a": 4')
-    assert _truncate_lines(path, 2) and path.read_text() == '{"a": 1}\n{"a": 2}\n'
-    assert not _truncate_lines(path, 3)  # fewer rows than the checkpoint counts: start afresh
-    assert _truncate_lines(tmp_path / "none.jsonl", 0) and not _truncate_lines(tmp_path / "none.jsonl", 1)
+    assert truncate_lines(path, 2) and path.read_text() == '{"a": 1}\n{"a": 2}\n'
+    assert not truncate_lines(path, 3)  # fewer rows than the checkpoint counts: start afresh
+    assert truncate_lines(tmp_path / "none.jsonl", 0) and not truncate_lines(tmp_path / "none.jsonl", 1)
 
 
 # --------------------------------------------------------------------------- Snakemake

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from qtbench.pruning import BatchStats, Budget, DatasetInfo, PairMethod, build_method, parse_method
+from qtbench.methods.base import BatchStats, Budget, DatasetInfo, PairMethod
+from qtbench.methods.registry import build_method, parse_method
 
 RESPONSE = [[0, 1, 1, 1, 0], [0, 0, 1, 1, 1], [0, 1, 1, 1, 1]]
 ATTENTION = [[1, 1, 1, 1, 0], [1, 1, 1, 1, 1], [1, 1, 1, 1, 1]]
@@ -103,12 +104,13 @@ def test_unknown_names_list_registered_ones():
 def test_a_new_module_is_discovered(tmp_path):
     """The "one file" promise at registry level: a module dropped into a copy of
     ``baselines/`` registers itself and composes in a pair."""
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     shutil.copytree(root / "baselines", tmp_path / "baselines", ignore=shutil.ignore_patterns("__pycache__"))
     (tmp_path / "baselines" / "my_baseline.py").write_text(textwrap.dedent('''
         """A test baseline: keep the first sample of each micro-batch."""
         import torch
-        from qtbench.pruning import SamplePruner, register_sample_pruner
+        from qtbench.methods.base import SamplePruner
+        from qtbench.methods.registry import register_sample_pruner
 
         @register_sample_pruner("keep_first")
         class KeepFirst(SamplePruner):
@@ -121,7 +123,8 @@ def test_a_new_module_is_discovered(tmp_path):
     '''))
     script = textwrap.dedent('''
         import baselines
-        from qtbench.pruning import Budget, build_method, registered_names
+        from qtbench.methods.base import Budget
+        from qtbench.methods.registry import build_method, registered_names
         assert baselines.__file__.startswith(%r), baselines.__file__
         assert "keep_first" in registered_names()["sample"]
         m = build_method("keep_first+ppl", Budget(0.5, 0.5))

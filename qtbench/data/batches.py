@@ -1,21 +1,20 @@
-"""SFT records -> prompt/response text -> token ids with a response-only loss.
+"""SFT records -> token ids with a response-only loss, and batches of them.
 
-Records are normalised by ``qtbench.sft_data`` to the Alpaca shape
-(``instruction``, ``input``, ``output``).  Two ways to render them:
-
-* the plain template (base-model prompts, as the paper's evaluation uses and as
-  every model without a chat template gets)::
-
-      {instruction}[\\n\\n{input}]\\nAnswer: {output}</s>
-
-  The world's lm-eval tasks render their prompts the same way, so what SFT
-  teaches is what the benchmarks ask;
-* the model's own chat template (``chat_template: true`` in the config): the
-  user turn is the plain prompt without ``\\nAnswer:``.
+Records are normalised by :mod:`qtbench.data.sources` to the Alpaca shape
+(``instruction``, ``input``, ``output``) and rendered to prompt and response
+text by :mod:`qtbench.data.template` (the plain template, or the model's chat
+template).
 
 Prompt and response are tokenized separately and concatenated, so the
 response mask is exact (no re-tokenisation across the boundary); labels are
 -100 on the prompt and on padding, EOS closes the response.
+
+Loss-position alignment (defined here once, :func:`loss_positions`,
+:func:`attended_positions`, :func:`next_token_labels`): a ``[B, L]`` batch has
+``L - 1`` loss positions; column ``j`` is the model's output at input position
+``j``, which predicts token ``j + 1`` (as Hugging Face's causal-LM loss and the
+Q-Tuning authors' code).  Every ``[B, T]`` statistic and selection mask of
+:mod:`qtbench.methods` uses it.
 """
 
 from __future__ import annotations
@@ -25,32 +24,9 @@ from typing import Any, Iterable, Sequence
 
 import torch
 
+from qtbench.data.template import render
+
 IGNORE_INDEX = -100
-ANSWER_CUE = "\nAnswer:"
-
-
-def format_prompt(record: dict) -> tuple[str, str]:
-    """The plain template: ``(prompt, response)`` of an Alpaca record."""
-    instruction = str(record.get("instruction", "")).strip()
-    extra = str(record.get("input", "") or "").strip()
-    prompt = f"{instruction}\n\n{extra}" if extra else instruction
-    return prompt + ANSWER_CUE, " " + str(record["output"]).strip()
-
-
-def render(record: dict, tokenizer: Any, chat_template: bool = False) -> tuple[str, str]:
-    """Prompt and response text for ``record`` under the chosen template."""
-    if not chat_template:
-        return format_prompt(record)
-    if not getattr(tokenizer, "chat_template", None):
-        raise ValueError(
-            "chat_template: true, but the tokenizer has no chat template; set chat_template: false "
-            "to use qtbench's plain template"
-        )
-    user = format_prompt(record)[0][: -len(ANSWER_CUE)]
-    prompt = tokenizer.apply_chat_template(
-        [{"role": "user", "content": user}], tokenize=False, add_generation_prompt=True
-    )
-    return prompt, str(record["output"]).strip()
 
 
 @dataclass
@@ -98,6 +74,24 @@ def tokenize_records(
         tokenize_example(*render(record, tokenizer, chat_template), tokenizer, max_length, add_bos)
         for record in records
     ]
+
+
+def loss_positions(labels: torch.Tensor) -> torch.Tensor:
+    """``[B, L-1]`` bool: the loss positions whose target is a response token
+    (a method's ``response_mask``)."""
+    return labels[:, 1:] != IGNORE_INDEX
+
+
+def attended_positions(attention_mask: torch.Tensor) -> torch.Tensor:
+    """``[B, L-1]`` bool: the loss positions whose target token is attended
+    (not padding)."""
+    return attention_mask[:, 1:].bool()
+
+
+def next_token_labels(labels: torch.Tensor) -> torch.Tensor:
+    """``[B, L]`` labels shifted to loss positions (the last column -100), so a
+    loss over ``[B, L, V]`` logits needs no copy of the logits."""
+    return torch.nn.functional.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
 
 
 def collate(examples: Iterable[TokenizedExample], pad_id: int) -> dict[str, torch.Tensor]:

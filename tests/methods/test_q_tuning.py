@@ -4,7 +4,7 @@ Every expected number below is worked out by hand in the comments (numpy's
 linear quantile: virtual index v = (n - 1) q, value = s[floor v] + frac(v) *
 (s[floor v + 1] - s[floor v])); none is derived by calling the code under test.
 The equivalence with a loop/numpy port of the authors' code is in
-``test_qtuning_reference.py``.
+``test_q_tuning_reference.py``.
 """
 
 from __future__ import annotations
@@ -19,8 +19,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from qtbench.pruning import BatchStats, Budget, JOINT_METHODS, build_method
-from qtbench.qtuning import (
+from qtbench.methods.base import BatchStats, Budget
+from qtbench.methods.registry import JOINT_METHODS, build_method
+from qtbench.methods.q_tuning import (
     DEFAULT_OPTIONS, QTuning, decide, numpy_linear_quantile, resolve_options, sample_axes, select, token_scores,
 )
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from qtbench.pruning import SAMPLE_PRUNERS, Budget, DatasetInfo, load_registry
+from qtbench.methods.base import Budget, DatasetInfo
+from qtbench.methods.registry import SAMPLE_PRUNERS, load_registry
 
 load_registry()
 

@@ -1,4 +1,4 @@
-"""Equivalence of ``qtbench.qtuning`` with a straightforward port of the authors' code.
+"""Equivalence of ``qtbench.methods.q_tuning`` with a straightforward port of the authors' code.
 
 The reference below follows ``LLaMA-Factory/src/llamafactory/train/sft/trainer.py``
 of ``Q-tuning/Q-tuning`` (``_compute_ppl_entropy``, ``_dynamic_threshold_search_bisect``
@@ -17,8 +17,8 @@ import math
 import numpy as np
 import torch
 
-from qtbench.pruning import BatchStats, Budget
-from qtbench.qtuning import select
+from qtbench.methods.base import BatchStats, Budget
+from qtbench.methods.q_tuning import select
 
 
 def reference(nll, ent, resp, attn, r_s, r_t, entropy_over="all", token_budget="batch", neighbours="attended",

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from qtbench.data import collate, tokenize_records
+from qtbench.data.batches import collate, tokenize_records
 from qtbench.models import load_model, load_tokenizer
-from qtbench.stats import compute_batch_stats, mean_response_nll, token_nll_entropy
+from qtbench.methods.stats import compute_batch_stats, mean_response_nll, token_nll_entropy
 from tests.conftest import make_records
 
 
@@ -51,7 +51,7 @@ def test_batch_stats_masks_and_alignment(tiny_model_dir):
         assert stats.attention_mask[row].sum() == len(example.input_ids) - 1
     assert (stats.nll[~stats.response_mask] == 0).all()
     # the same numbers as mean_response_nll, which static scorers use
-    from qtbench.data import format_prompt
+    from qtbench.data.template import format_prompt
 
     pairs = [format_prompt(r) for r in make_records(3)]
     means = mean_response_nll(model, tokenizer, [p for p, _ in pairs], [r for _, r in pairs], batch_size=2)

@@ -152,7 +152,7 @@ def _from_messages(record: Mapping[str, Any]) -> dict[str, str]:
     return {"instruction": "\n\n".join(context), "input": "", "output": normalised[last][1]}
 
 
-def load_records(
+def load_sft_records(
     source: str, fmt: str = "auto", split: str = "train", revision: str | None = None,
     on_bad_record: str = "skip", max_records: int | None = None,
 ) -> tuple[list[dict[str, str]], LoadReport]:

@@ -5,12 +5,12 @@ with PyTorch's ``fully_shard`` (FSDP2): one unit per decoder layer, the rest
 (embeddings, final norm, LM head) in the root unit.  Every rank then holds
 1/W of the weights, gradients and AdamW state.  What changes for the trainer:
 
-* the pruning decision does not (``qtbench.distributed``: stats gathered, one
+* the pruning decision does not (``qtbench.train.parallel``: stats gathered, one
   decision, each rank trains its rows);
 * FSDP reduce-scatters the gradients and *averages* them over ranks, so each
   rank's loss (its kept-token CE sum over the window's global kept-token
   count) is multiplied by W: the update is still one process's on the whole
-  window (:func:`qtbench.distributed.all_reduce_gradients` is not used);
+  window (:func:`qtbench.train.parallel.all_reduce_gradients` is not used);
 * every forward and backward is a collective: a rank whose rows were all
   dropped, or whose shard of a small micro-batch is empty, runs a one-token
   dummy forward (and backward, with zero loss) so that the others do not wait

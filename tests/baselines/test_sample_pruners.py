@@ -10,7 +10,8 @@ import math
 import pytest
 import torch
 
-from qtbench.pruning import SAMPLE_PRUNERS, BatchStats, Budget, DatasetInfo, load_registry
+from qtbench.methods.base import BatchStats, Budget, DatasetInfo
+from qtbench.methods.registry import SAMPLE_PRUNERS, load_registry
 
 load_registry()
 
@@ -218,7 +219,7 @@ def test_ifd_needs_static_scores():
 def test_ifd_static_scores_with_patched_scoring(monkeypatch):
     import baselines.ifd as ifd
     import baselines.superfiltering as sf
-    import qtbench.stats as qstats
+    import qtbench.methods.stats as qstats
 
     calls = []
 
@@ -283,7 +284,7 @@ def test_proxy_loads_with_its_own_revision_never_the_base_models(monkeypatch, tm
     ``proxy_revision`` and the base model's dtype, never with the base model's
     revision (a hash of another repo) or its trust_remote_code."""
     import qtbench.models as models
-    from qtbench.static import scoring_model_entry, score_static
+    from qtbench.methods.static import scoring_model_entry, score_static
 
     base = {"path": "meta-llama/Llama-2-7b-hf", "revision": "abc123", "trust_remote_code": True, "dtype": "bfloat16"}
     assert scoring_model_entry({}, base) == base  # IFD: the base model itself

@@ -1,4 +1,5 @@
-"""The distributed decision path (qtbench/distributed.py) on CPU: 2 and 3
+"""The distributed decision path (qtbench/train/parallel.py, the decision in
+qtbench/train/step.py) on CPU: 2 and 3
 processes over gloo make exactly the decisions one process makes on the same
 global micro-batch - kept samples, kept tokens, weights and trace - for
 Q-Tuning and baseline pairs (random draws, sample and token scores, a
@@ -19,8 +20,11 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from qtbench import distributed as qd
-from qtbench.pruning import BatchStats, Budget, build_method
+from qtbench import launch
+from qtbench.train import parallel as qd
+from qtbench.train.step import decide_on_shards
+from qtbench.methods.base import BatchStats, Budget
+from qtbench.methods.registry import build_method
 
 #: (method, options) pairs every worker decides with, one process vs several.
 METHODS = [
@@ -65,7 +69,7 @@ def local_shard(stats: BatchStats, lengths: list[int], rows: slice) -> BatchStat
                       {k: v[:, :width] for k, v in cut.extras.items()})
 
 
-def _worker(rank: int, world: int, port: int, out_dir: str, cases: list[tuple[int, int]], decide_on: str) -> None:
+def _worker(rank: int, world: int, port: int, out_dir: str, cases: list[tuple[int, int]]) -> None:
     import torch.distributed as dist
 
     torch.set_num_threads(1)
@@ -80,7 +84,7 @@ def _worker(rank: int, world: int, port: int, out_dir: str, cases: list[tuple[in
             results[key(batch, seed, "gathered")] = stats_dict(gathered)
             for name, options in METHODS:
                 method = build_method(name, BUDGET, options, seed=0)
-                selection = qd.select_distributed(method, local, decide_on=decide_on)
+                selection = qd.scatter_selection(decide_on_shards(method, local), rows[rank], widths[rank])
                 results[key(batch, seed, name, options)] = selection_dict(selection)
         results["sum"] = qd.global_sum(rank + 1)
         results["sum_float"] = qd.global_sum(0.5)
@@ -92,8 +96,8 @@ def _worker(rank: int, world: int, port: int, out_dir: str, cases: list[tuple[in
         dist.destroy_process_group()
 
 
-def run_ranks(world: int, tmp_path, cases, decide_on: str = "rank0") -> list[dict]:
-    mp.spawn(_worker, args=(world, qd.free_port(), str(tmp_path), cases, decide_on), nprocs=world, join=True)
+def run_ranks(world: int, tmp_path, cases) -> list[dict]:
+    mp.spawn(_worker, args=(world, launch.free_port(), str(tmp_path), cases), nprocs=world, join=True)
     return [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(world)]
 
 
@@ -157,10 +161,10 @@ def test_two_processes_decide_like_one(tmp_path):
         assert r["broadcast"] == {"rank": 0}
 
 
-def test_three_processes_uneven_and_empty_shards_every_rank_deciding(tmp_path):
+def test_three_processes_uneven_and_empty_shards(tmp_path):
     # 8 rows on 3 ranks: shards of 3, 3, 2; 2 rows on 3 ranks: one rank has none
     cases = [(8, 5), (2, 6)]
-    results = run_ranks(3, tmp_path, cases, decide_on="all")
+    results = run_ranks(3, tmp_path, cases)
     check_against_one_process(results, 3, cases)
 
 
@@ -170,10 +174,10 @@ def test_single_process_is_a_pass_through():
     assert not qd.is_distributed()
     gathered, rows, widths = qd.gather_stats(stats)
     assert gathered is stats and rows == [slice(0, 8)] and widths == [stats.nll.shape[1]]
-    selection = qd.select_distributed(method, stats)
+    selection = decide_on_shards(method, stats)
     reference = method.select(stats)
     assert torch.equal(selection.token_keep, reference.token_keep)
-    assert qd.global_sum(5) == 5 and qd.ddp_loss_scale() == 1.0
+    assert qd.global_sum(5) == 5
     assert qd.broadcast_object("x") == "x"
 
 
@@ -204,8 +208,8 @@ def test_scatter_refuses_a_kept_padding_position():
 
 def test_launch_command_wraps_a_module_in_torchrun():
     command = [sys.executable, "-m", "qtbench.cli", "train", "--out", "x"]
-    assert qd.launch_command(command, 1) == command
-    wrapped = qd.launch_command(command, 4, port=29511)
+    assert launch.launch_command(command, 1) == command
+    wrapped = launch.launch_command(command, 4, port=29511)
     assert wrapped[:3] == [sys.executable, "-m", "torch.distributed.run"]
     assert wrapped[wrapped.index("--nproc_per_node") + 1] == "4"
     assert wrapped[wrapped.index("--master_port") + 1] == "29511"
@@ -214,18 +218,18 @@ def test_launch_command_wraps_a_module_in_torchrun():
 
 def test_claim_gpus_never_hands_out_a_gpu_twice(tmp_path):
     gpus = ["0", "1", "2"]
-    with qd.claim_gpus(2, tmp_path, gpus) as first:
+    with launch.claim_gpus(2, tmp_path, gpus) as first:
         assert len(first) == 2
-        with qd.claim_gpus(1, tmp_path, gpus) as second:
+        with launch.claim_gpus(1, tmp_path, gpus) as second:
             assert len(second) == 1 and second[0] not in first
             # a fourth GPU is not there: a third job waits, then times out
             with pytest.raises(TimeoutError):
-                with qd.claim_gpus(1, tmp_path, gpus, timeout_s=0.2, poll_s=0.05):
+                with launch.claim_gpus(1, tmp_path, gpus, timeout_s=0.2, poll_s=0.05):
                     pass
-    with qd.claim_gpus(3, tmp_path, gpus) as all_three:  # everything was given back
+    with launch.claim_gpus(3, tmp_path, gpus) as all_three:  # everything was given back
         assert sorted(all_three) == gpus
     with pytest.raises(RuntimeError, match="shows 3"):
-        with qd.claim_gpus(4, tmp_path, gpus):
+        with launch.claim_gpus(4, tmp_path, gpus):
             pass
 
 
@@ -234,7 +238,7 @@ def test_claim_gpus_waits_for_a_gpu_to_be_given_back(tmp_path):
     released = threading.Event()
 
     def hold():
-        with qd.claim_gpus(1, tmp_path / "locks", gpus):
+        with launch.claim_gpus(1, tmp_path / "locks", gpus):
             time.sleep(0.3)
         released.set()
 
@@ -243,7 +247,7 @@ def test_claim_gpus_waits_for_a_gpu_to_be_given_back(tmp_path):
     holder.start()
     time.sleep(0.05)
     started = time.monotonic()
-    with qd.claim_gpus(1, tmp_path / "locks", gpus, timeout_s=5, poll_s=0.05) as got:
+    with launch.claim_gpus(1, tmp_path / "locks", gpus, timeout_s=5, poll_s=0.05) as got:
         assert got == ["0"] and released.is_set()
     assert time.monotonic() - started >= 0.1
     holder.join()
@@ -253,14 +257,14 @@ def test_launch_cli_pins_the_command_to_its_gpus(tmp_path):
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "3,5", "QTBENCH_GPU_LOCK_DIR": str(tmp_path)}
     env.pop("SLURM_JOB_ID", None)
     show = [sys.executable, "-c", "import os; print('SEEN=' + os.environ['CUDA_VISIBLE_DEVICES'])"]
-    done = subprocess.run([sys.executable, "-m", "qtbench.distributed", "launch", "--gpus", "1", "--", *show],
+    done = subprocess.run([sys.executable, "-m", "qtbench.launch", "launch", "--gpus", "1", "--", *show],
                           capture_output=True, text=True, env=env, timeout=60)
     assert done.returncode == 0, done.stderr
     assert "SEEN=3" in done.stdout
-    none = subprocess.run([sys.executable, "-m", "qtbench.distributed", "launch", "--gpus", "0", "--", *show],
+    none = subprocess.run([sys.executable, "-m", "qtbench.launch", "launch", "--gpus", "0", "--", *show],
                           capture_output=True, text=True, env=env, timeout=60)
     assert none.returncode == 0 and "SEEN=\n" in none.stdout  # a job without GPUs sees none
-    failing = subprocess.run([sys.executable, "-m", "qtbench.distributed", "launch", "--gpus", "0", "--",
+    failing = subprocess.run([sys.executable, "-m", "qtbench.launch", "launch", "--gpus", "0", "--",
                               sys.executable, "-c", "raise SystemExit(7)"], capture_output=True, text=True, env=env,
                              timeout=60)
     assert failing.returncode == 7
@@ -300,7 +304,7 @@ def _train_configs(data: Path, base: Path) -> list[dict]:
 def _train_worker(rank: int, world: int, port: int, root: str, data: str, base: str, configs: list[dict]) -> None:
     import torch.distributed as dist
 
-    from qtbench.train import train
+    from qtbench.train.loop import train
 
     os.environ.update({"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world),
                        "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "QTBENCH_NO_PROGRESS": "1"})
@@ -343,7 +347,7 @@ def test_training_on_two_processes_equals_one(tmp_path):
     data, base = _tiny_world(tmp_path)
     configs = _train_configs(data, base)
     _train_worker(0, 1, 0, str(tmp_path), str(data), str(base), configs)
-    mp.spawn(_train_worker, args=(2, qd.free_port(), str(tmp_path), str(data), str(base), configs), nprocs=2, join=True)
+    mp.spawn(_train_worker, args=(2, launch.free_port(), str(tmp_path), str(data), str(base), configs), nprocs=2, join=True)
     for cfg in configs:
         run_id = cfg["run"]["run_id"]
         one, two = (tmp_path / f"world{w}" / run_id / "checkpoint" for w in (1, 2))
@@ -376,7 +380,7 @@ def _window_setup():
     global micro-batches (7 and 6 rows: uneven shards)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from qtbench.data import IGNORE_INDEX, TokenizedExample
+    from qtbench.data.batches import IGNORE_INDEX, TokenizedExample
 
     torch.manual_seed(0)
     config = LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
@@ -396,7 +400,7 @@ def _window_worker(rank: int, world: int, port: int, out_dir: str) -> None:
 
     import torch.distributed as dist
 
-    from qtbench.train import Counters, train_window
+    from qtbench.train.step import Counters, StepContext, train_window
 
     torch.set_num_threads(1)
     if world > 1:
@@ -408,11 +412,8 @@ def _window_worker(rank: int, world: int, port: int, out_dir: str) -> None:
             method = build_method(name, Budget(0.5, 0.5), {"random": {"mode": "batch"}}, seed=0)
             counters, sink = Counters(), io.StringIO()
 
-            class Tok:
-                pad_token_id = 0
-
-            loss = train_window(model, method, window, examples, {}, Tok, torch.device("cpu"), {"stats_chunk": 4}, 0,
-                                counters, sink, None, None)
+            ctx = StepContext(model, method, examples, 0, torch.device("cpu"), counters, stats_chunk=4, trace=sink)
+            loss = train_window(ctx, window, 0, {})
             qd.all_reduce_gradients(model.parameters())
             results[name] = {"loss": loss, "counters": counters.as_dict(), "trace": sink.getvalue(),
                              "grads": {n: p.grad.clone() for n, p in model.named_parameters()}}
@@ -429,7 +430,7 @@ def test_one_window_gradient_on_two_processes_equals_one(tmp_path):
     by the global kept-token count, not each rank's (float64, so a wrong scale
     or a missing reduction cannot hide in rounding)."""
     _window_worker(0, 1, 0, str(tmp_path))
-    mp.spawn(_window_worker, args=(2, qd.free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_window_worker, args=(2, launch.free_port(), str(tmp_path)), nprocs=2, join=True)
     one = torch.load(tmp_path / "window1-rank0.pt", weights_only=True)
     for rank in range(2):
         two = torch.load(tmp_path / f"window2-rank{rank}.pt", weights_only=True)
@@ -458,13 +459,13 @@ def test_qtbench_train_cli_under_torchrun_equals_one_process(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "RANK", "WORLD_SIZE", "LOCAL_RANK",
                                                                      "MASTER_"))}
     env.update(QTBENCH_NO_PROGRESS="1", WANDB_MODE="disabled", CUDA_VISIBLE_DEVICES="",
-               PYTHONPATH=str(Path(qd.__file__).resolve().parents[1]))
+               PYTHONPATH=str(Path(launch.__file__).resolve().parents[1]))
     outs = {}
     for processes in (1, 2):
         out = tmp_path / f"p{processes}"
         command = [sys.executable, "-m", "qtbench.cli", "train", "--run-config", json.dumps(cfg), "--base-model", str(base),
                    "--data", str(data), "--out", str(out / "checkpoint"), "--state-dir", str(out / "state"), "--no-progress"]
-        done = subprocess.run(qd.launch_command(command, processes), env=env, capture_output=True, text=True, timeout=600)
+        done = subprocess.run(launch.launch_command(command, processes), env=env, capture_output=True, text=True, timeout=600)
         assert done.returncode == 0, done.stderr[-3000:]
         outs[processes] = out / "checkpoint"
         summary = json.loads(done.stdout[done.stdout.index("{"):])  # printed once, by rank 0
@@ -486,7 +487,7 @@ def _fsdp_worker(rank: int, world: int, port: int, root: str, data: str, base: s
     window (after a checkpoint) and the same call resumes from the checkpoint."""
     import torch.distributed as dist
 
-    import qtbench.train as train_mod
+    import qtbench.train.loop as train_mod
 
     os.environ.update({"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world),
                        "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "QTBENCH_NO_PROGRESS": "1"})
@@ -536,7 +537,7 @@ def test_fsdp_on_two_processes_trains_like_one_and_resumes(tmp_path):
     for cfg in configs:
         cfg["train"].update(fsdp=True, checkpoint_every=2)
     _train_worker(0, 1, 0, str(tmp_path), str(data), str(base), configs)  # one process: fsdp is a no-op
-    mp.spawn(_fsdp_worker, args=(2, qd.free_port(), str(tmp_path), str(data), str(base), configs, 5), nprocs=2,
+    mp.spawn(_fsdp_worker, args=(2, launch.free_port(), str(tmp_path), str(data), str(base), configs, 5), nprocs=2,
              join=True)
     base_weights = load_file(str(base / "model.safetensors"))
     for cfg in configs:

@@ -17,8 +17,8 @@ predicts input token ``j + 1``, as ``labels[:, 1:]`` / ``attention_mask[:, 1:]``
 in the authors' code)::
 
     import torch
-    from qtbench.pruning import BatchStats, Budget
-    from qtbench.qtuning import select, decide
+    from qtbench.methods.base import BatchStats, Budget
+    from qtbench.methods.q_tuning import select, decide
 
     nll = torch.rand(8, 16) * 3          # -log p(token) per loss position
     entropy = torch.rand(8, 16) * 5      # predictive entropy per loss position
@@ -98,7 +98,7 @@ and scores tokens in the model dtype), by default on the CPU (option
 come from; ``device: input`` computes where the stats live (vectorised torch
 throughout, but CUDA reductions and ``exp`` may differ from the CPU in the last
 ulp, which changes a decision only for statistics equal to ~1e-15).  The
-returned :class:`~qtbench.pruning.Selection` is always on the CPU.
+returned :class:`~qtbench.methods.base.Selection` is always on the CPU.
 
 Options (``DEFAULT_OPTIONS``; an explicit option overrides its preset):
 
@@ -133,7 +133,8 @@ from typing import Any, Mapping
 import torch
 import torch.nn.functional as F
 
-from qtbench.pruning import BatchStats, Budget, Method, Selection, register_joint_method
+from qtbench.methods.base import BatchStats, Budget, Method, Selection
+from qtbench.methods.registry import register_joint_method
 
 Tensor = torch.Tensor
 
@@ -493,7 +494,7 @@ def _empty(response: Tensor, opts: Mapping[str, Any]) -> Decision:
 
 @register_joint_method("q_tuning")
 class QTuning(Method):
-    """Q-Tuning as a trainer :class:`~qtbench.pruning.Method`: one joint
+    """Q-Tuning as a trainer :class:`~qtbench.methods.base.Method`: one joint
     (sample, token) decision per micro-batch from the stats pass."""
 
     name = "q_tuning"

@@ -1,0 +1,1 @@
+"""SFT data: file formats to records (sources), records to token batches (batches)."""
