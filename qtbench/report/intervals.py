@@ -28,11 +28,11 @@ A replicate's statistic is the seed- and item-weighted mean (weights = how
 often each seed and item was drawn), so no matrix is copied per replicate.
 The interval is the percentile interval of the replicates by default
 (``method`` passes through to scipy: ``"BCa"`` and ``"basic"`` work too); the
-point estimate is the statistic on the data as observed.  With few seeds the
+point estimate is the plain mean of the data as observed.  With few seeds the
 seed part of an interval is narrow (the bootstrap's plug-in variance of a mean
-over S seeds is (S-1)/S of the usual estimate): three seeds are a minimum.  A side with one seed
-or a task with one item has nothing to resample there: with one seed per
-method the interval covers test-set noise only, not training noise.
+over S seeds is (S-1)/S of the usual estimate), so use three or more.  A side
+with one seed or a task with one item has nothing to resample there: with one
+seed per method the interval covers test-set noise only, not training noise.
 
 A difference is ``significant`` when its interval excludes 0.  The *resolvable
 difference* of a table (:func:`resolvable_difference`) is the half-width of its
@@ -53,7 +53,7 @@ import pandas as pd
 AVG = "avg"
 
 #: Default number of bootstrap replicates (the Monte-Carlo error of a 95%
-#: percentile bound is then ~0.1 standard errors).
+#: percentile bound is then about 0.06 standard errors of the statistic).
 N_RESAMPLES = 2000
 
 #: The bootstrap procedure in one sentence, for table captions and the README.
@@ -103,7 +103,7 @@ def paired_difference(a: Mapping[str, Any], b: Mapping[str, Any], *, pair_seeds:
     ``n_items``."""
     side_a = _prepare(a, "a")
     side_b = _prepare(b, "b")
-    side_a, side_b = _align(side_a, side_b, a, b)
+    side_a, side_b = _align(side_a, side_b, a, b, pair_seeds)
     stats = _bootstrap([side_a, side_b], [1.0, -1.0], pair_seeds=pair_seeds, confidence=confidence,
                        n_resamples=n_resamples, seed=seed, method=method)
     stats = stats.rename(columns={"estimate": "delta"})
@@ -173,8 +173,10 @@ def _prepare(scores: Mapping[str, Any], name: str) -> _Side:
     return _Side(matrices)
 
 
-def _align(side_a: _Side, side_b: _Side, a: Mapping[str, Any], b: Mapping[str, Any]) -> tuple[_Side, _Side]:
-    """Same tasks on both sides; ``b``'s items put in ``a``'s order (by doc id for frames)."""
+def _align(side_a: _Side, side_b: _Side, a: Mapping[str, Any], b: Mapping[str, Any],
+           pair_seeds: bool) -> tuple[_Side, _Side]:
+    """Same tasks on both sides; ``b``'s items put in ``a``'s order (by doc id for frames), and
+    with ``pair_seeds`` its seeds too (by the frames' index)."""
     if set(side_a.matrices) != set(side_b.matrices):
         raise ValueError(f"paired difference needs the same tasks on both sides: a has {sorted(side_a.matrices)}, "
                          f"b has {sorted(side_b.matrices)}")
@@ -189,7 +191,13 @@ def _align(side_a: _Side, side_b: _Side, a: Mapping[str, Any], b: Mapping[str, A
                 raise ValueError(f"task {task!r}: the two sides were not scored on the same items "
                                  f"({len(only_a)} doc ids only in a, e.g. {list(only_a[:3])}; "
                                  f"{len(only_b)} only in b, e.g. {list(only_b[:3])})")
-            matrix_b = frame_b.reindex(columns=frame_a.columns).to_numpy(dtype=float)
+            rows = frame_b.index
+            if pair_seeds:
+                if set(frame_a.index) != set(frame_b.index):
+                    raise ValueError(f"task {task!r}: pair_seeds needs the same seeds on both sides, a has "
+                                     f"{list(frame_a.index)}, b has {list(frame_b.index)}")
+                rows = frame_a.index
+            matrix_b = frame_b.reindex(index=rows, columns=frame_a.columns).to_numpy(dtype=float)
         elif matrix_a.shape[1] != matrix_b.shape[1]:
             raise ValueError(f"task {task!r}: a has {matrix_a.shape[1]} items, b has {matrix_b.shape[1]}; "
                              f"a paired difference needs the same items")
@@ -268,7 +276,8 @@ def _bootstrap(sides: Sequence[_Side], signs: Sequence[float], *, pair_seeds: bo
         per_task.append(np.mean(per_task, axis=0))
         return np.stack(per_task, axis=0)
 
-    estimate = statistic(*data)
+    # the point estimate from plain means (the weighted statistic agrees up to rounding)
+    estimate = np.sum([sign * np.asarray(_point(side)) for sign, side in zip(signs, sides)], axis=0)
     with warnings.catch_warnings(), np.errstate(invalid="ignore", divide="ignore"):
         # BCa on a constant bootstrap distribution divides 0 by 0: its NaN bounds are replaced below
         warnings.simplefilter("ignore", stats.DegenerateDataWarning)

@@ -168,3 +168,13 @@ def test_bad_input(a, b, expected):
         return
     with pytest.raises(ValueError, match=expected):
         paired_difference(a, b)
+
+
+def test_paired_seeds_are_matched_by_label_for_frames():
+    a = pd.DataFrame([[10.0, 10.0], [30.0, 30.0]], index=[0, 1], columns=[1, 2])
+    b = pd.DataFrame([[25.0, 25.0], [5.0, 5.0]], index=[1, 0], columns=[1, 2])  # seed 1 first
+    out = paired_difference({"t": a}, {"t": b}, pair_seeds=True)
+    # seed 0: 10 - 5, seed 1: 30 - 25 -> a constant +5 whichever seeds are drawn
+    assert out.loc["t", ["delta", "low", "high"]].tolist() == pytest.approx([5.0, 5.0, 5.0], abs=1e-9)
+    with pytest.raises(ValueError, match=r"pair_seeds needs the same seeds on both sides, a has \[0, 1\], b has \[1, 2\]"):
+        paired_difference({"t": a}, {"t": b.rename(index={0: 2})}, pair_seeds=True)
