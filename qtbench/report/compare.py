@@ -244,18 +244,27 @@ def record_items(path: str | Path, metrics: Mapping[str, str]) -> dict[str, pd.S
     return out
 
 
-def load_group(group: Group, metrics: Mapping[str, str]) -> dict[str, pd.DataFrame]:
-    """Per task, a (seeds x doc ids) frame in points for :mod:`qtbench.report.intervals`."""
-    per_seed = {seed: record_items(path, metrics) for seed, path in group.records.items()}
+def item_scores(records: Mapping[Any, str | Path], metrics: Mapping[str, str], label: str = "") -> dict[str, pd.DataFrame]:
+    """Per task, a (seeds x doc ids) frame in points, the input of :mod:`qtbench.report.intervals`.
+
+    ``records`` maps each seed of one run group to its evaluation record;
+    ``metrics`` maps each task to its metric key (:func:`task_metrics`).  The
+    seeds must have been scored on the same items."""
+    per_seed = {seed: record_items(path, metrics) for seed, path in records.items()}
     out = {}
     for task in metrics:
         frame = pd.DataFrame({seed: items[task] for seed, items in per_seed.items()}).T
         if frame.isna().any().any():
-            counts = {str(group.records[seed]): len(items[task]) for seed, items in per_seed.items()}
-            raise ValueError(f"{group.label}: the seeds' records were not scored on the same items of task {task!r} "
-                             f"(items per record: {counts})")
+            counts = {str(records[seed]): len(items[task]) for seed, items in per_seed.items()}
+            raise ValueError(f"{label or 'run group'}: the seeds' records were not scored on the same items of task "
+                             f"{task!r} (items per record: {counts})")
         out[task] = frame
     return out
+
+
+def load_group(group: Group, metrics: Mapping[str, str]) -> dict[str, pd.DataFrame]:
+    """:func:`item_scores` of a resolved group."""
+    return item_scores(group.records, metrics, group.label)
 
 
 def compare(results_dir: str | Path, experiment: str, selectors: Sequence[str], *, tasks: Sequence[str] | None = None,

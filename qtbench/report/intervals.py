@@ -116,23 +116,65 @@ def paired_difference(a: Mapping[str, Any], b: Mapping[str, Any], *, pair_seeds:
     return stats
 
 
-def resolvable_difference(intervals: pd.DataFrame | Iterable[pd.DataFrame], task: str | None = AVG) -> float:
+def resolvable_difference(intervals: pd.DataFrame | Iterable[pd.DataFrame], task: str | None = AVG, *,
+                          low: str = "low", high: str = "high") -> float:
     """Half-width of the median paired interval: the smallest difference the experiment can resolve.
 
     ``intervals`` is one frame or several frames from :func:`paired_difference`
-    (e.g. every row's "vs full" difference of a table), or any frame with
-    ``low`` and ``high`` columns.  Only rows of ``task`` count (default
-    ``avg``, the tables' headline column; ``None``: every row).  NaN when no
-    interval is given."""
+    (e.g. every row's "vs full" difference of a table), or any frame with the
+    ``low`` and ``high`` columns named (e.g. :func:`interval_table`'s
+    ``delta_full_low`` / ``delta_full_high``).  Only rows of ``task`` count
+    (default ``avg``, the tables' headline column; ``None``: every row); the
+    task is the ``task`` column when there is one, else the index.  Rows
+    without an interval are skipped; NaN when none is left."""
     frames = [intervals] if isinstance(intervals, pd.DataFrame) else list(intervals)
     if not frames:
         return float("nan")
     frame = pd.concat(frames)
     if task is not None:
-        frame = frame[frame.index == task]
-    half = (frame["high"].to_numpy(float) - frame["low"].to_numpy(float)) / 2.0
+        names = frame["task"] if "task" in frame.columns else frame.index.to_series(index=frame.index)
+        frame = frame[(names == task).to_numpy()]
+    half = (frame[high].to_numpy(float) - frame[low].to_numpy(float)) / 2.0
     half = half[np.isfinite(half)]
     return float(np.median(half)) if half.size else float("nan")
+
+
+def interval_table(groups: Mapping[Any, Mapping[str, Any]], references: Mapping[str, Mapping[Any, Any]] | None = None,
+                   *, confidence: float = 0.95, n_resamples: int = N_RESAMPLES, seed: int = 0,
+                   method: str = "percentile") -> pd.DataFrame:
+    """Every interval a results table shows, tidy: one row per (group, task or ``avg``).
+
+    ``groups`` maps a group key (e.g. ``(model, method, budget)``) to its
+    per-task scores (as :func:`group_interval` takes them).  ``references``
+    maps a comparison name to ``{group key: reference group key or None}``,
+    e.g. ``{"full": {key: full_key_of_that_model}, "random": {key:
+    random_random_key_at_the_same_budget}}``.  Columns: ``group``, ``task``,
+    ``mean``, ``low``, ``high``, ``n_seeds``, ``n_items`` and, per comparison
+    ``name``, ``delta_<name>``, ``delta_<name>_low``, ``delta_<name>_high``,
+    ``delta_<name>_significant`` (NaN / None where a group has no reference or
+    is its own)."""
+    options = {"confidence": confidence, "n_resamples": n_resamples, "seed": seed, "method": method}
+    parts = []
+    for key, scores in groups.items():
+        part = group_interval(scores, **options)[["mean", "low", "high", "n_seeds", "n_items"]].reset_index()
+        part.insert(0, "group", [key] * len(part))
+        for name, mapping in (references or {}).items():
+            reference = mapping.get(key)
+            columns = [f"delta_{name}", f"delta_{name}_low", f"delta_{name}_high", f"delta_{name}_significant"]
+            if reference is None or reference == key:
+                for column in columns[:3]:
+                    part[column] = np.nan
+                part[columns[3]] = None
+                continue
+            if reference not in groups:
+                raise KeyError(f"reference {reference!r} of {key!r} ({name}) is not among the groups")
+            diff = paired_difference(scores, groups[reference], **options)
+            part[columns[0]] = diff["delta"].to_numpy()
+            part[columns[1]] = diff["low"].to_numpy()
+            part[columns[2]] = diff["high"].to_numpy()
+            part[columns[3]] = diff["significant"].astype(object).to_numpy()
+        parts.append(part)
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
 
 
 def significance_mark(significant: Any, mark: str = "*") -> str:

@@ -185,3 +185,18 @@ def test_task_subset_and_paired_seeds(results, capsys):
            "-100.00 [-100.00, -100.00] * |" in out
     assert "world_arc_easy" not in out
     assert "bootstrap (500 replicates)" in out
+
+
+def test_item_scores_of_a_group_for_the_tables(results):
+    from qtbench.report.compare import item_scores
+
+    runs = results / "exp" / "evals" / "tiny" / "random+random" / "s0.25-t0.5"
+    scores = item_scores({0: runs / "seed0.json", 1: runs / "seed1.json"}, TASKS)
+    assert list(scores) == list(TASKS)
+    arc = scores["world_arc_easy"]
+    assert arc.index.tolist() == [0, 1] and arc.columns.tolist() == [10, 11]
+    assert arc.values.tolist() == [[100.0, 0.0], [100.0, 0.0]]
+    (runs / "seed1.items.jsonl").write_text((runs / "seed1.items.jsonl").read_text().replace('"doc_id": 11', '"doc_id": 12'))
+    with pytest.raises(ValueError, match=r"random: the seeds' records were not scored on the same items of task "
+                                         r"'world_arc_easy'"):
+        item_scores({0: runs / "seed0.json", 1: runs / "seed1.json"}, TASKS, "random")

@@ -17,6 +17,7 @@ from qtbench.report.intervals import (
     AVG,
     PROCEDURE,
     group_interval,
+    interval_table,
     paired_difference,
     resolvable_caption,
     resolvable_difference,
@@ -178,3 +179,32 @@ def test_paired_seeds_are_matched_by_label_for_frames():
     assert out.loc["t", ["delta", "low", "high"]].tolist() == pytest.approx([5.0, 5.0, 5.0], abs=1e-9)
     with pytest.raises(ValueError, match=r"pair_seeds needs the same seeds on both sides, a has \[0, 1\], b has \[1, 2\]"):
         paired_difference({"t": a}, {"t": b.rename(index={0: 2})}, pair_seeds=True)
+
+
+def test_interval_table_for_the_results_tables():
+    full = {"t": [[50.0, 50.0]], "u": [[0.0, 100.0]]}
+    random = {"t": [[40.0, 40.0]], "u": [[0.0, 100.0]]}
+    method = {"t": [[60.0, 70.0]], "u": [[0.0, 100.0]]}
+    groups = {("tiny", "full", "s1-t1"): full, ("tiny", "random+random", "s0.25-t0.5"): random,
+              ("tiny", "q_tuning", "s0.25-t0.5"): method}
+    to_full = {key: ("tiny", "full", "s1-t1") for key in groups}
+    to_random = {("tiny", "q_tuning", "s0.25-t0.5"): ("tiny", "random+random", "s0.25-t0.5")}
+    table = interval_table(groups, {"full": to_full, "random": to_random})
+    assert len(table) == 9 and table["task"].tolist()[:3] == ["t", "u", AVG]
+    q = table[table["group"] == ("tiny", "q_tuning", "s0.25-t0.5")].set_index("task")
+    # q_tuning - full on t: items 10, 20 -> 15 in [10, 20]; u: identical -> 0; avg: (t + 0) / 2 -> 7.5 in [5, 10]
+    assert q.loc["t", ["delta_full", "delta_full_low", "delta_full_high"]].tolist() == [15.0, 10.0, 20.0]
+    assert q.loc[AVG, ["delta_full", "delta_full_low", "delta_full_high"]].tolist() == [7.5, 5.0, 10.0]
+    assert q.loc[AVG, "delta_full_significant"] is True
+    assert q.loc["u", "delta_full_significant"] is False
+    # vs random+random: t items 20, 30 -> 25 in [20, 30]
+    assert q.loc["t", ["delta_random", "delta_random_low", "delta_random_high"]].tolist() == [25.0, 20.0, 30.0]
+    f = table[table["group"] == ("tiny", "full", "s1-t1")].set_index("task")
+    assert np.isnan(f.loc[AVG, "delta_full"]) and f.loc[AVG, "delta_full_significant"] is None
+    assert np.isnan(f.loc[AVG, "delta_random"])
+    r = table[table["group"] == ("tiny", "random+random", "s0.25-t0.5")].set_index("task")
+    assert r.loc[AVG, ["mean", "delta_full"]].tolist() == [45.0, -5.0]  # (40 + 50) / 2; t: -10 on every item
+    # half-widths on avg of the "vs full" intervals: q_tuning 2.5, random+random 0 -> median 1.25
+    assert resolvable_difference(table, low="delta_full_low", high="delta_full_high") == 1.25
+    with pytest.raises(KeyError, match="not among the groups"):
+        interval_table({"a": full}, {"full": {"a": "b"}})
