@@ -127,7 +127,8 @@ class Comparison:
             for diff in self.differences:
                 row = diff.loc[task]
                 mark = significance_mark(row["significant"])
-                cells.append(f"{row['delta']:+.2f} [{row['low']:+.2f}, {row['high']:+.2f}]" + (f" {mark}" if mark else ""))
+                cells.append(f"{_signed(row['delta'])} [{_signed(row['low'])}, {_signed(row['high'])}]"
+                             + (f" {mark}" if mark else ""))
             lines.append("| " + " | ".join(cells) + " |")
         caption = ("Scores: each task's primary metric x 100, mean over seeds [interval]; Δ: paired difference "
                    "against the reference (first column) [interval]. "
@@ -296,6 +297,11 @@ def compare(results_dir: str | Path, experiment: str, selectors: Sequence[str], 
     return Comparison(groups=groups, tasks=list(metrics), metrics=dict(metrics), scores=intervals,
                       differences=differences, resolvable=resolvable_difference(differences), n_resamples=n_resamples,
                       confidence=confidence, notes=notes)
+
+
+def _signed(value: float) -> str:
+    """``+1.25`` / ``-1.25``; a value that rounds to zero prints ``+0.00``, never ``-0.00``."""
+    return f"{round(float(value), 2) + 0.0:+.2f}"
 
 
 def _seeds_text(group: Group) -> str:
