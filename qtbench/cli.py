@@ -110,6 +110,18 @@ def cmd_aggregate(args: argparse.Namespace) -> None:
         tracker.finish()
 
 
+def cmd_compare(args: argparse.Namespace) -> None:
+    from qtbench.io import write_text_atomic
+    from qtbench.report.compare import compare
+
+    result = compare(args.results_dir, args.experiment, args.selectors, tasks=args.tasks,
+                     n_resamples=args.n_resamples, seed=args.seed, confidence=args.confidence,
+                     pair_seeds=args.pair_seeds)
+    print(result.to_markdown(), end="")
+    if args.csv:
+        write_text_atomic(args.csv, result.tidy().to_csv(index=False))
+
+
 def cmd_eu_plane(args: argparse.Namespace) -> None:
     from qtbench.eu_plane import crosstab, run
 
@@ -205,6 +217,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wandb-dir")
     p.add_argument("--experiment", default="qtbench")
     p.set_defaults(func=cmd_aggregate)
+
+    p = sub.add_parser("compare", help="paired differences between finished run groups, with bootstrap intervals")
+    p.add_argument("selectors", nargs="+", metavar="SELECTOR",
+                   help="method[@s<r_s>-t<r_t>][:model], e.g. q_tuning@s0.25-t0.5 (seeds pooled); "
+                        "the first is the reference")
+    p.add_argument("--experiment", required=True, help="results/<experiment>")
+    p.add_argument("--results-dir", default="results")
+    p.add_argument("--tasks", type=lambda text: [t for t in text.split(",") if t],
+                   help="comma-separated tasks to show (default: the records' configured tasks)")
+    p.add_argument("--n-resamples", type=int, default=2000, help="bootstrap replicates (default 2000)")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap random seed (default 0)")
+    p.add_argument("--confidence", type=float, default=0.95)
+    p.add_argument("--pair-seeds", action="store_true",
+                   help="draw the same seed indices for every group (seed k of each shares something)")
+    p.add_argument("--csv", help="also write the tidy table here")
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("eu-plane", help="place a data set on a model's Error-Uncertainty plane")
     p.add_argument("--checkpoint", required=True, help="model folder or Hugging Face id")
