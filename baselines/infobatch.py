@@ -136,6 +136,21 @@ class InfoBatch(EpochLevelSamplePruner):
 
     # ----------------------------------------------------------------- planning
 
+    def expected_epoch_size(self, epoch: int, num_epochs: int, n_records: int) -> int:
+        """Forecast for sizing the schedule (the plan itself depends on the
+        loss history): epoch 0 and annealing epochs train everything; a
+        pruned epoch keeps ``r_s`` of the records (the budget ``p`` is set
+        for), or with a fixed ``prune_ratio`` about ``p`` of half of them (the
+        share below the mean); ``budget_forced`` keeps ``int(r_s * N)``."""
+        n = n_records
+        if epoch == 0 or (not self.budget_forced and anneal_epoch(epoch, num_epochs, self.anneal)):
+            return n
+        if self.budget_forced:
+            return max(1, int(self.budget.sample_ratio * n)) if self.budget.sample_ratio < 1.0 else n
+        if self.prune_ratio is not None:
+            return n - int(round(self.prune_ratio * n / 2))
+        return max(1, int(round(self.budget.sample_ratio * n)))
+
     def plan_epoch(self, epoch: int, num_epochs: int, data: DatasetInfo) -> EpochPlan:
         if self._plan is not None and self._plan_epoch == epoch:
             return EpochPlan(list(self._plan.indices), dict(self._plan.weights), dict(self._plan.trace))

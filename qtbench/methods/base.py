@@ -275,6 +275,13 @@ class SamplePruner:
     def plan_epoch(self, epoch: int, num_epochs: int, data: DatasetInfo) -> EpochPlan | None:
         return None
 
+    def expected_epoch_size(self, epoch: int, num_epochs: int, n_records: int) -> int | None:
+        """A forecast of how many records ``plan_epoch`` will keep in a later
+        epoch, for sizing the learning-rate schedule before that epoch is
+        planned (``qtbench.train.schedule``); ``None``: the same as the epoch
+        just planned.  Only pruners whose epochs differ in size override it."""
+        return None
+
     def select_samples(self, stats: BatchStats) -> tuple[Tensor, Tensor, dict[str, Any]]:
         """Return (keep [B] bool, weight [B] float, trace)."""
         batch = stats.batch_size
@@ -342,6 +349,10 @@ class Method:
     def plan_epoch(self, epoch: int, num_epochs: int, data: DatasetInfo) -> EpochPlan | None:
         return None
 
+    def expected_epoch_size(self, epoch: int, num_epochs: int, n_records: int) -> int | None:
+        """See :meth:`SamplePruner.expected_epoch_size`."""
+        return None
+
     def select(self, stats: BatchStats) -> Selection:
         raise NotImplementedError
 
@@ -390,6 +401,9 @@ class PairMethod(Method):
 
     def plan_epoch(self, epoch: int, num_epochs: int, data: DatasetInfo) -> EpochPlan | None:
         return self.sample.plan_epoch(epoch, num_epochs, data)
+
+    def expected_epoch_size(self, epoch: int, num_epochs: int, n_records: int) -> int | None:
+        return self.sample.expected_epoch_size(epoch, num_epochs, n_records)
 
     def select(self, stats: BatchStats) -> Selection:
         keep, weight, trace = self.sample.select_samples(stats)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import os
 import random
 import shutil
@@ -37,7 +36,7 @@ from qtbench.io import atomic_directory, read_json, write_json_atomic
 from qtbench.methods.base import Budget, DatasetInfo, EpochPlan, Method
 from qtbench.methods.registry import build_method
 from qtbench.models import check_model_path, count_parameters, load_model, load_tokenizer, resolve_device
-from qtbench.train import parallel
+from qtbench.train import parallel, schedule
 from qtbench.train.checkpoint import (
     TRACE_FILE, WEIGHTS_FILE, Position, clear_state, load_checkpoint, position_from_state, run_fingerprint,
     save_checkpoint, set_rng_state, truncate_lines,
@@ -95,6 +94,7 @@ class Run:
     total_steps: int
     fingerprint: str
     first_plan: EpochPlan | None = None
+    max_steps: int | None = None
 
     @property
     def tcfg(self) -> Mapping[str, Any]:
@@ -172,13 +172,11 @@ def set_up(cfg: Mapping[str, Any], out_dir: Path, state_dir: Path, base_model: s
     frozen_base = load_model(base_model, entry, device).eval() if "base_nll" in required else None
     total_steps, first_plan = _plan_steps(tcfg, method, info, len(examples), world)
     optimizer = make_optimizer(model, float(tcfg["lr"]), float(tcfg["weight_decay"]))
-    from transformers import get_cosine_schedule_with_warmup
-
-    scheduler = get_cosine_schedule_with_warmup(optimizer, round(float(tcfg["warmup_ratio"]) * total_steps), max(total_steps, 1))
-    setup = Run(cfg, base_model, out_dir, state_dir, device, rank, world, fsdp, method, tokenizer, records, report,
-                examples, info, scores, model, ref, frozen_base, optimizer, scheduler, total_steps,
-                run_fingerprint(cfg, base_model, records, scores, reference_model), first_plan)
-    return setup
+    scheduler = schedule.make_scheduler(optimizer, total_steps, float(tcfg["warmup_ratio"]))
+    return Run(cfg, base_model, out_dir, state_dir, device, rank, world, fsdp, method, tokenizer, records, report,
+               examples, info, scores, model, ref, frozen_base, optimizer, scheduler, total_steps,
+               run_fingerprint(cfg, base_model, records, scores, reference_model), first_plan,
+               int(tcfg["max_steps"]) if tcfg.get("max_steps") else None)
 
 
 def _load_data(cfg: Mapping[str, Any], data: str, tokenizer: Any
@@ -209,17 +207,29 @@ def _load_trainable_model(base_model: str, entry: Mapping[str, Any], tcfg: Mappi
 
 
 def _plan_steps(tcfg: Mapping[str, Any], method: Method, info: DatasetInfo, n_examples: int, world: int):
-    """The optimizer steps the schedule spans, and epoch 0's plan."""
-    epochs, micro, accum = int(tcfg["epochs"]), int(tcfg["micro_batch_size"]), int(tcfg["grad_accum"])
+    """The first estimate of the optimizer steps the schedule spans, and epoch 0's plan."""
+    micro = int(tcfg["micro_batch_size"])
     if micro < world:
         raise ValueError(f"train.micro_batch_size={micro} is smaller than the {world} processes: every process "
                          "needs at least one row of each micro-batch")
-    first_plan = method.plan_epoch(0, epochs, info)
-    per_epoch = len(first_plan.indices) if first_plan is not None else n_examples
-    total_steps = math.ceil(math.ceil(per_epoch / micro) / accum) * epochs
-    if tcfg.get("max_steps"):
-        total_steps = min(total_steps, int(tcfg["max_steps"]))
-    return total_steps, first_plan
+    first_plan = method.plan_epoch(0, int(tcfg["epochs"]), info)
+    first_size = len(first_plan.indices) if first_plan is not None else n_examples
+    first_steps = schedule.steps_per_epoch(first_size, micro, int(tcfg["grad_accum"]))
+    return _schedule_total(tcfg, method, n_examples, 0, first_steps, first_size), first_plan
+
+
+def _schedule_total(tcfg: Mapping[str, Any], method: Method, n_examples: int, epoch: int, epoch_steps: int,
+                    epoch_size: int, steps_before: int = 0) -> int:
+    """Steps before this epoch + this epoch's + a forecast for each later epoch
+    (the method's ``expected_epoch_size``, else this epoch's size), capped by
+    ``max_steps`` (see :mod:`qtbench.train.schedule`)."""
+    epochs, micro, accum = int(tcfg["epochs"]), int(tcfg["micro_batch_size"]), int(tcfg["grad_accum"])
+    later = 0
+    for future in range(epoch + 1, epochs):
+        size = method.expected_epoch_size(future, epochs, n_examples)
+        later += schedule.steps_per_epoch(epoch_size if size is None else size, micro, accum)
+    total = steps_before + epoch_steps + later
+    return min(total, int(tcfg["max_steps"])) if tcfg.get("max_steps") else total
 
 
 # --------------------------------------------------------------------------- resume
@@ -286,7 +296,7 @@ def run_epochs(setup: Run, position: Position, tracker: Any, started: float, pro
         ctx = StepContext(setup.model, setup.method, setup.examples, setup.tokenizer.pad_token_id, setup.device,
                           counters, int(tcfg.get("stats_chunk", 128)), setup.ref, setup.frozen_base, trace)
         for epoch in range(position.epoch, epochs):
-            if counters.optimizer_steps >= setup.total_steps:
+            if _finished(setup, counters):
                 break
             plan = _epoch_plan(setup, position, epoch)
             indices = plan.indices if plan is not None else list(range(len(setup.examples)))
@@ -294,6 +304,9 @@ def run_epochs(setup: Run, position: Position, tracker: Any, started: float, pro
                                   lengths if tcfg.get("bucket_by_length") else None)
             windows = [batches[i:i + accum] for i in range(0, len(batches), accum)]
             start_window = position.window if epoch == position.epoch else 0
+            setup.total_steps = _schedule_total(tcfg, setup.method, len(setup.examples), epoch, len(windows),
+                                                len(indices), counters.optimizer_steps - start_window)
+            schedule.resize(setup.scheduler, setup.total_steps)
             position.epoch = epoch
             # the first trace row of an epoch records an epoch-level plan, so that
             # records the plan left out count as dropped (noise recall)
@@ -309,12 +322,17 @@ def run_epochs(setup: Run, position: Position, tracker: Any, started: float, pro
                     bar.update(1)
                     bar.set_postfix(loss=f"{loss:.3f}")
                 _log_and_checkpoint(setup, position, tracker, trace, epoch)
-                if counters.optimizer_steps >= setup.total_steps:
+                if _finished(setup, counters):
                     break
             position.epoch, position.window = epoch + 1, 0
     if bar is not None:
         bar.close()
     counters.wall_time_s = start_time + (time.time() - started)
+
+
+def _finished(setup: Run, counters: Counters) -> bool:
+    """``train.max_steps`` reached (otherwise a run ends with its last epoch)."""
+    return setup.max_steps is not None and counters.optimizer_steps >= setup.max_steps
 
 
 def _epoch_plan(setup: Run, position: Position, epoch: int):
@@ -371,6 +389,9 @@ def save_outputs(setup: Run, position: Position, tracker: Any, started: float) -
     summary = _summary(setup.cfg, counters, setup.examples, epochs, setup.model, setup.report,
                        sum(e.truncated for e in setup.examples), setup.total_steps)
     summary["processes"], summary["fsdp"] = setup.world, setup.fsdp
+    # the schedule ends at its end value on the run's last step (qtbench.train.schedule)
+    summary["lr_schedule_steps"] = setup.scheduler.lr_lambdas[0].total_steps
+    summary["final_lr"] = setup.scheduler.get_last_lr()[0]
     final_weights = fsdp_tools.full_state_dict(setup.model) if setup.fsdp else None  # collective
     if setup.rank != 0:
         parallel.barrier()  # rank 0 writes the outputs
