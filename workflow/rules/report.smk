@@ -1,8 +1,8 @@
 # Tables, plots, noise recall and the W&B summary run of an experiment.
 # `snakemake --report report.html` collects every output marked with report() below
 # (HTML tables and PNG plots, each with its caption from workflow/report/).
-from qtbench.plots import PLOT_FORMATS, PLOT_NAMES
-from qtbench.tables import TABLE_FORMATS, TABLE_STEMS
+from qtbench.report.plots import PLOT_FORMATS, PLOT_NAMES
+from qtbench.report.tables import TABLE_FORMATS, TABLE_STEMS
 
 #: The epoch whose samples the EU-plane plot shows (0 = the first pass; -1 = the last epoch).
 EU_EPOCH = -1

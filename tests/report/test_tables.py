@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from qtbench.tables import (
+from qtbench.report.tables import (
     PAPER_REFERENCE,
     TABLE_FORMATS,
     TABLE_STEMS,

@@ -8,7 +8,7 @@ these labels; the trainer's per-sample trace says what each method did with each
 record.  This module joins the two.
 
 Per-sample decisions come from the trainer's ``trace.jsonl`` (one row per
-micro-batch, :func:`qtbench.tables.trace_samples` turns them into one row per
+micro-batch, :func:`qtbench.report.tables.trace_samples` turns them into one row per
 decision):
 
 * every micro-batch row carries ``samples``, column-wise: ``id`` (the record's
@@ -66,7 +66,7 @@ QUADRANT_COLUMNS = [*RUN_KEYS, "epoch", "label", "n", *[f"share_{q}" for q in QU
 def load_meta(path: str | Path) -> pd.DataFrame:
     """``sft_meta.jsonl`` as a frame indexed by record index, with one boolean
     column per label (:data:`LABELS`) beside the raw ``noise``/``duplicate_of``/``family``."""
-    from qtbench.tables import read_jsonl
+    from qtbench.report.tables import read_jsonl
 
     meta = read_jsonl(path)
     if meta.empty:
@@ -138,7 +138,7 @@ def noise_recall(samples: pd.DataFrame, meta: pd.DataFrame) -> pd.DataFrame:
 
 
 def _run_keys(run: Any) -> dict[str, Any]:
-    from qtbench.tables import method_family, method_group, split_budget
+    from qtbench.report.tables import method_family, method_group, split_budget
 
     parts = split_budget(run.budget)
     return {"model": run.model, "group": method_group(run.method), "method": run.method, "budget": run.budget,
@@ -253,7 +253,7 @@ def recall_summary(recall: pd.DataFrame) -> pd.DataFrame:
 def _ordered(frame: pd.DataFrame) -> pd.DataFrame:
     from decimal import Decimal
 
-    from qtbench.tables import GROUP_RANK
+    from qtbench.report.tables import GROUP_RANK
 
     frame = frame.copy()
     first = {m: i for i, m in enumerate(dict.fromkeys(frame["method"]))}
@@ -283,7 +283,7 @@ def write_recall_table(recall: pd.DataFrame, stem: str | Path, has_truth: bool =
     """``noise_recall.csv`` (tidy, :data:`RECALL_COLUMNS`) and the summary as
     ``.md``/``.tex``/``.html``; a note instead of rows when there is no ground
     truth or no per-sample trace."""
-    from qtbench.tables import TABLE_FORMATS, html_page, to_html, to_latex, to_markdown
+    from qtbench.report.tables import TABLE_FORMATS, html_page, to_html, to_latex, to_markdown
 
     stem = Path(stem)
     paths = [stem.with_suffix(f".{ext}") for ext in TABLE_FORMATS]
@@ -301,7 +301,7 @@ def write_recall_table(recall: pd.DataFrame, stem: str | Path, has_truth: bool =
 
 
 def write_quadrant_table(table: pd.DataFrame, stem: str | Path) -> list[Path]:
-    from qtbench.tables import TABLE_FORMATS, html_page, to_html, to_latex, to_markdown
+    from qtbench.report.tables import TABLE_FORMATS, html_page, to_html, to_latex, to_markdown
 
     stem = Path(stem)
     paths = [stem.with_suffix(f".{ext}") for ext in TABLE_FORMATS]

@@ -3,7 +3,7 @@
 Inputs are the files the rules write: one lm-eval record per checkpoint
 (``qtbench.evaluate``; ``evals/...json``) and, per run, its checkpoint folder
 (``train_summary.json`` and ``trace.jsonl``, whose rows carry the per-sample
-decisions, see :mod:`qtbench.noise`).  Outputs, under
+decisions, see :mod:`qtbench.report.noise`).  Outputs, under
 ``results/<experiment>/tables/``, each as ``.csv`` (tidy), ``.md``, ``.tex``
 (booktabs) and ``.html`` (for the Snakemake report):
 
@@ -15,7 +15,7 @@ decisions, see :mod:`qtbench.noise`).  Outputs, under
   the tasks, ``avg`` and the relative change vs full data; mean +- std over seeds;
 * ``budget``      each method x budget: average score and the effective budget
   (samples and response tokens that carried loss, training FLOPs vs full data);
-* ``noise_recall``, ``noise_quadrants`` (:mod:`qtbench.noise`) when the world's
+* ``noise_recall``, ``noise_quadrants`` (:mod:`qtbench.report.noise`) when the world's
   ground truth is given;
 * ``paper_reference`` the paper's reported numbers, kept beside ours.
 
@@ -774,14 +774,14 @@ def aggregate(eval_paths: Iterable[str | Path], tasks: list[dict[str, Any]], out
               run_dirs: Iterable[str | Path] = (), world_meta: str | Path | None = None,
               plots_dir: str | Path | None = None, eu_epoch: int = -1) -> dict[str, pd.DataFrame]:
     """Write every table (:data:`TABLE_STEMS` x :data:`TABLE_FORMATS`) under
-    ``out_dir`` and, with ``plots_dir``, every plot (:mod:`qtbench.plots`).
+    ``out_dir`` and, with ``plots_dir``, every plot (:mod:`qtbench.report.plots`).
 
     ``run_dirs`` are checkpoint folders (effective budget, traces, per-sample
     decisions); ``world_meta`` the world's ``sft_meta.jsonl`` (noise recall,
     ground-truth markers); ``eu_epoch`` the epoch drawn on the EU plane (negative:
     counted from the last, -1 = the last epoch of the trace).
     Returns the tables by stem (``runs`` too: one row per run with its effective budget)."""
-    from qtbench import noise
+    from qtbench.report import noise
 
     out_dir = Path(out_dir)
     records = load_records(eval_paths)
@@ -812,7 +812,7 @@ def aggregate(eval_paths: Iterable[str | Path], tasks: list[dict[str, Any]], out
     tables = {"long": frame, "comparison": wide, "runs": runs, "main": main, "budget": budget,
               "noise_recall": recall, "noise_quadrants": quadrants, "paper_reference": reference}
     if plots_dir is not None:
-        from qtbench import plots
+        from qtbench.report import plots
 
         plots.plot_all(runs, artifacts, plots_dir, meta=meta, recall=recall, eu_epoch=eu_epoch)
     return tables

@@ -65,9 +65,9 @@ def plot_all(runs: pd.DataFrame, artifacts: Sequence[Any], plots_dir: str | Path
              recall: pd.DataFrame | None = None, eu_epoch: int = -1, method: str = SUBJECT) -> list[Path]:
     """Write every plot of :data:`PLOT_NAMES` under ``plots_dir``.
 
-    ``runs``: :func:`qtbench.tables.runs_table`; ``artifacts``:
-    :func:`qtbench.tables.load_runs`; ``meta``: :func:`qtbench.noise.load_meta`;
-    ``recall``: :func:`qtbench.noise.noise_recall_table`."""
+    ``runs``: :func:`qtbench.report.tables.runs_table`; ``artifacts``:
+    :func:`qtbench.report.tables.load_runs`; ``meta``: :func:`qtbench.report.noise.load_meta`;
+    ``recall``: :func:`qtbench.report.noise.noise_recall_table`."""
     plots_dir = Path(plots_dir)
     plots_dir.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -268,7 +268,7 @@ def score_vs_flops(runs: pd.DataFrame, stem: str | Path) -> list[Path]:
 
 def _subject_runs(artifacts: Sequence[Any], method: str) -> list[Any]:
     """The lowest-seed run of ``method`` per (model, budget), ordered by model and total budget."""
-    from qtbench.tables import split_budget
+    from qtbench.report.tables import split_budget
 
     chosen: dict[tuple[str, str], Any] = {}
     for run in artifacts:
@@ -321,7 +321,7 @@ def eu_plane(artifacts: Sequence[Any], stem: str | Path, *, meta: pd.DataFrame |
     same samples at their position within their micro-batch (:func:`batch_ranks`)
     with the median alpha / beta bounds.  ``epoch``: an epoch number, or a
     negative index into the epochs the trace holds (-1: the last)."""
-    from qtbench.tables import budget_label
+    from qtbench.report.tables import budget_label
 
     stem = Path(stem)
     runs = _subject_runs(artifacts, method)
@@ -455,7 +455,7 @@ def quadrant_step_shares(trace: pd.DataFrame) -> pd.DataFrame:
 
 def quadrant_shares(artifacts: Sequence[Any], stem: str | Path, *, method: str = SUBJECT) -> list[Path]:
     """Stacked quadrant shares over training steps per Q-Tuning run."""
-    from qtbench.tables import budget_label
+    from qtbench.report.tables import budget_label
 
     stem = Path(stem)
     runs = _subject_runs(artifacts, method)
@@ -501,7 +501,7 @@ def quadrant_shares(artifacts: Sequence[Any], stem: str | Path, *, method: str =
 def noise_recall_plot(recall: pd.DataFrame, stem: str | Path) -> list[Path]:
     """Bars: share of each label's records dropped (all epochs, mean over seeds),
     one bar per method, one panel per model x total budget."""
-    from qtbench.tables import budget_label, percent
+    from qtbench.report.tables import budget_label, percent
 
     stem = Path(stem)
     if recall is None or recall.empty:

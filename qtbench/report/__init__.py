@@ -1,0 +1,1 @@
+"""Tables, plots and statistics built from finished runs."""
