@@ -16,7 +16,8 @@ from qtbench.report.noise import (
     quadrant_shares_by_label,
     recall_summary,
 )
-from qtbench.report.tables import aggregate, trace_samples
+from qtbench.report.aggregate import aggregate
+from qtbench.report.runs import trace_samples
 from tests.report.test_tables import TASKS, build_experiment
 
 #: Ten records: 0-1 random noise, 2 wrong answer, 3 truncated, 4 a duplicate of 5, 5-9 clean.

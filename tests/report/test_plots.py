@@ -7,7 +7,7 @@ import pytest
 
 from qtbench.report import plots
 from qtbench.report.noise import empty_recall
-from qtbench.report.tables import aggregate
+from qtbench.report.aggregate import aggregate
 from tests.report.test_noise import EPOCH_TRACE, META, Q_TRACE
 from tests.report.test_tables import TASKS, build_experiment
 
@@ -82,7 +82,7 @@ def test_batch_ranks_match_quantile_thresholds():
 def test_eu_plane_epoch_choice(tmp_path):
     experiment = build_experiment(tmp_path, trace_for={("q_tuning", "s0.25-t0.5", 0): Q_TRACE}, world_meta=META)
     from qtbench.report.noise import load_meta
-    from qtbench.report.tables import load_runs
+    from qtbench.report.runs import load_runs
 
     runs = load_runs(experiment["runs"])
     for epoch in (0, 1, -1, -2, 7):  # 7: not in the trace -> the last epoch

@@ -9,30 +9,19 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from qtbench.report.aggregate import TABLE_STEMS, aggregate, log_results, main_wide, table_files
+from qtbench.report.naming import budget_label, percent, split_budget
+from qtbench.report.render import TABLE_FORMATS, format_mean_std, to_latex, to_markdown
+from qtbench.report.runs import effective_budget_from_trace, effective_budget_table, load_run
 from qtbench.report.tables import (
     PAPER_REFERENCE,
-    TABLE_FORMATS,
-    TABLE_STEMS,
-    aggregate,
-    budget_label,
     budget_table,
     comparison_table,
-    effective_budget_from_trace,
-    effective_budget_table,
-    format_mean_std,
-    load_run,
-    log_results,
     long_table,
     main_display,
     main_table,
-    main_wide,
     paper_reference_table,
-    percent,
     runs_table,
-    split_budget,
-    table_files,
-    to_latex,
-    to_markdown,
 )
 
 
