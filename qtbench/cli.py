@@ -95,8 +95,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 def cmd_aggregate(args: argparse.Namespace) -> None:
     from qtbench import tracking
-    from qtbench.plots import plot_files
-    from qtbench.tables import aggregate, log_results
+    from qtbench.report.aggregate import aggregate, log_results
+    from qtbench.report.plots import plot_files
 
     tables = aggregate(args.evals, args.tasks, args.out, run_dirs=args.runs, world_meta=args.world_meta,
                        plots_dir=args.plots, eu_epoch=args.eu_epoch)

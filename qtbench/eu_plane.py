@@ -89,7 +89,8 @@ def run(checkpoint: str, data: str, out: str | Path, *, r_s: float = 0.25, optio
     """Score ``data`` with ``checkpoint``; write a CSV (and print the truth crosstab)."""
     from qtbench.io import write_text_atomic
     from qtbench.models import load_model, load_tokenizer
-    from qtbench.data.sources import iter_jsonl, load_sft_records
+    from qtbench.data.sources import load_sft_records
+    from qtbench.io import iter_jsonl
 
     data_cfg = dict(data_cfg or {})
     records, report = load_sft_records(data, data_cfg.get("format", "auto"), on_bad_record="fail")

@@ -1,5 +1,6 @@
-"""Atomic file output: a killed job never leaves a half-written result behind.
+"""File I/O: atomic output, and the project's one JSON / JSON-lines reader.
 
+Output is atomic: a killed job never leaves a half-written result behind.
 Files are written to a temporary sibling and renamed into place (``os.replace``
 is atomic on POSIX).  Folders are built under ``<name>.tmp`` and committed by
 two renames - the old folder to ``<name>.old``, then ``<name>.tmp`` to
@@ -70,6 +71,46 @@ def read_json(path: str | Path) -> Any:
         raise ValueError(f"{path} is not UTF-8 text (corrupt?): {exc.reason} at byte {exc.start}") from None
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path} is not valid JSON (truncated or corrupt?): {exc.msg} at line {exc.lineno}") from None
+
+
+def iter_jsonl(path: str | Path) -> Iterator[dict[str, Any]]:
+    """The objects of a JSON-lines file, one per non-blank line, read lazily.
+
+    A line that is not valid JSON (a file cut short by a killed writer), or
+    not a JSON object, raises ``ValueError`` naming the file and the line."""
+    for _, row in iter_jsonl_numbered(path):
+        yield row
+
+
+def iter_jsonl_numbered(path: str | Path, objects_only: bool = True) -> Iterator[tuple[int, Any]]:
+    """``(line number, value)`` of every non-blank line (errors as :func:`iter_jsonl`),
+    for readers that check each object and must say where a bad one is;
+    ``objects_only=False`` yields any JSON value (the caller reports non-objects)."""
+    path = Path(path)
+    try:
+        handle = path.open(encoding="utf-8")
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path} does not exist") from None
+    with handle:
+        try:
+            for number, line in enumerate(handle, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise ValueError(f"{path}: line {number} is not valid JSON (truncated?): {exc.msg}") from None
+                if objects_only and not isinstance(row, dict):
+                    raise ValueError(f"{path}: line {number} is not a JSON object (got {type(row).__name__})")
+                yield number, row
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"{path}: not UTF-8 text (corrupt?): {exc.reason}") from None
+
+
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    """Every object of a JSON-lines file (blank lines skipped; ``[]`` for an
+    empty file); errors as :func:`iter_jsonl`."""
+    return list(iter_jsonl(path))
 
 
 def _sync_tree(root: Path) -> None:

@@ -260,7 +260,7 @@ def test_evaluate_failure_leaves_no_results_file(ctx, arrange, error, message):
 
 
 def test_truncated_results_file_is_named(tmp_path):
-    from qtbench.tables import aggregate
+    from qtbench.report.aggregate import aggregate
 
     good = tmp_path / "a.json"
     good.write_text(json.dumps({"meta": {"run_id": "tiny/full/s1-t1/seed0"}, "scores": {}}))

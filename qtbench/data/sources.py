@@ -21,7 +21,9 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Mapping
+
+from qtbench.io import iter_jsonl_numbered
 
 FORMATS = ("alpaca", "messages", "prompt_response")
 
@@ -56,14 +58,10 @@ def read_raw(source: str, split: str = "train", revision: str | None = None) -> 
 
                 return pd.read_parquet(path).to_dict(orient="records")
             if path.suffix == ".jsonl":
-                rows = []
-                for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-                    if line.strip():
-                        try:
-                            rows.append(json.loads(line))
-                        except json.JSONDecodeError as exc:
-                            raise DataError(f"{path}: line {number} is not valid JSON ({exc.msg})") from None
-                return rows
+                try:  # a line that is not an object is a bad record, reported with its index below
+                    return [row for _, row in iter_jsonl_numbered(path, objects_only=False)]
+                except ValueError as exc:  # names the file and the line
+                    raise DataError(str(exc)) from None
             data = json.loads(path.read_text(encoding="utf-8"))
         except UnicodeDecodeError as exc:
             raise DataError(f"{path}: not UTF-8 text ({exc})") from None
@@ -174,9 +172,3 @@ def load_sft_records(
     if not records:
         raise DataError(f"{source}: no usable records ({len(report.bad)} bad of {report.total})")
     return records, report
-
-
-def iter_jsonl(path: Path) -> Iterable[dict]:
-    for line in Path(path).read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            yield json.loads(line)

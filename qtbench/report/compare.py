@@ -15,7 +15,7 @@ with the bootstrap of :mod:`qtbench.report.intervals`.
 
 Scores are each task's primary metric x 100 - the metric the config's
 ``eval.tasks[].metric`` names, else the tables' default
-(:func:`qtbench.tables.primary_metric`) - and ``avg`` is their unweighted mean,
+(:func:`qtbench.report.tables.primary_metric`) - and ``avg`` is their unweighted mean,
 as in the tables.  The items' mean must reproduce the record's score; a metric
 that is not a mean over items (or an items file from another evaluation) is
 refused with the file named.
@@ -200,7 +200,7 @@ def task_metrics(record: Mapping[str, Any], path: str | Path, tasks: Sequence[st
     """Task -> metric key for a record: the config's ``eval.tasks[].metric`` when set, else the primary metric.
 
     Tasks in the order of the record's ``eval_config.tasks`` (else its scores), or ``tasks``."""
-    from qtbench.tables import primary_metric
+    from qtbench.report.tables import primary_metric
 
     configured = [t for t in (record.get("eval_config") or {}).get("tasks", []) if isinstance(t, Mapping)]
     chosen = {t["name"]: t["metric"] for t in configured if t.get("metric")}

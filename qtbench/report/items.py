@@ -29,7 +29,7 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 import pandas as pd
 
-from qtbench.io import write_text_atomic
+from qtbench.io import iter_jsonl_numbered, write_text_atomic
 
 #: Suffix of the per-item file written beside an evaluation record ``<name>.json``.
 ITEMS_SUFFIX = ".items.jsonl"
@@ -131,18 +131,12 @@ def read_items(path: str | Path) -> pd.DataFrame:
     malformed line, a non-finite value or a repeated (task, doc_id, metric)
     raises ``ValueError`` naming the file and line."""
     path = items_path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
+    if not path.exists():
         raise MissingItemsError(f"{path} does not exist: {eval_record_path(path)} was written without per-item "
-                                f"outcomes (by an older qtbench?); {rebuild_hint(path)}") from None
-    except UnicodeDecodeError as exc:
-        raise ValueError(f"{path} is not UTF-8 text (corrupt?): {exc.reason} at byte {exc.start}") from None
+                                f"outcomes (by an older qtbench?); {rebuild_hint(path)}")
     rows = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        rows.extend(_parse_line(path, number, line))
+    for number, row in iter_jsonl_numbered(path):
+        rows.extend(_parse_row(path, number, row))
     frame = pd.DataFrame(rows, columns=ITEM_COLUMNS)
     frame = frame.astype({"task": object, "doc_id": "int64", "metric": object, "value": "float64"})
     duplicated = frame.duplicated(["task", "doc_id", "metric"], keep="first")
@@ -153,14 +147,8 @@ def read_items(path: str | Path) -> pd.DataFrame:
     return frame
 
 
-def _parse_line(path: Path, number: int, line: str) -> list[tuple[str, int, str, float]]:
+def _parse_row(path: Path, number: int, row: dict) -> list[tuple[str, int, str, float]]:
     where = f"{path}, line {number}"
-    try:
-        row = json.loads(line)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{where}: not valid JSON (truncated or corrupt?): {exc.msg}") from None
-    if not isinstance(row, dict):
-        raise ValueError(f"{where}: expected a JSON object, got {type(row).__name__}")
     for key, kind in (("task", str), ("doc_id", int), ("filter", str), ("metrics", dict)):
         if key not in row:
             raise ValueError(f"{where}: missing key {key!r}")

@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from qtbench.data.template import prompt_text
+from qtbench.world.labels import NOISE_TYPES
 
 # ---------------------------------------------------------------------------
 # Configuration
@@ -80,7 +81,6 @@ DEFAULTS: dict[str, Any] = {
 }
 
 FAMILIES = ("fact_covered", "fact_uncovered", "two_hop", "math", "reading")
-NOISE_TYPES = ("random", "wrong_answer", "truncated")
 TASKS = ("world_arc_easy", "world_arc_challenge", "world_gsm8k", "world_squad", "world_triviaqa")
 TEMPLATE_DIR = Path(__file__).resolve().parent / "templates"
 DATA_DIR_PLACEHOLDER = "__DATA_DIR__"

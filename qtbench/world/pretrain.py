@@ -32,6 +32,8 @@ from typing import Any, Iterable
 
 import torch
 
+from qtbench.io import read_jsonl
+
 DEFAULTS: dict[str, Any] = {
     "vocab_size": 1536,
     "hidden_size": 128,
@@ -81,9 +83,7 @@ def resolve_config(cfg: dict | None) -> dict:
 
 
 def _read_jsonl(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return read_jsonl(path) if path.exists() else []
 
 
 def read_corpus(path: Path) -> list[str]:

@@ -81,7 +81,7 @@ def test_missing_items_file_names_it_and_the_rebuild_command(tmp_path):
 
 
 @pytest.mark.parametrize("line, expected", [
-    ("{not json", r"line 2: not valid JSON"),
+    ("{not json", r"line 2 is not valid JSON"),
     ('{"task": "t", "doc_id": "7", "filter": "none", "metrics": {}}', r"line 2: 'doc_id' must be a int"),
     ('{"task": "t", "doc_id": 7, "metrics": {}}', r"line 2: missing key 'filter'"),
     ('{"task": "t", "doc_id": 7, "filter": "none", "metrics": {"acc": NaN}}', r"line 2: metric 'acc' has value nan"),

@@ -1,8 +1,9 @@
 # Tables, plots, noise recall and the W&B summary run of an experiment.
 # `snakemake --report report.html` collects every output marked with report() below
 # (HTML tables and PNG plots, each with its caption from workflow/report/).
-from qtbench.plots import PLOT_FORMATS, PLOT_NAMES
-from qtbench.tables import TABLE_FORMATS, TABLE_STEMS
+from qtbench.report.aggregate import TABLE_STEMS
+from qtbench.report.plots import PLOT_FORMATS, PLOT_NAMES
+from qtbench.report.render import TABLE_FORMATS
 
 #: The epoch whose samples the EU-plane plot shows (0 = the first pass; -1 = the last epoch).
 EU_EPOCH = -1
@@ -12,7 +13,8 @@ REPORT_TABLES = ("main", "budget", "noise_recall", "noise_quadrants", "compariso
 
 
 def run_dirs():
-    """The checkpoint folder of every run: train_summary.json, trace.jsonl, samples.jsonl."""
+    """The checkpoint folder of every run: train_summary.json and trace.jsonl (whose rows
+    carry the per-sample decisions that noise recall and the EU plane read)."""
     return [f"{R}/runs/{run.model}/{run.method}/{run.budget}/seed{run.seed}/checkpoint" for run in RUNS]
 
 

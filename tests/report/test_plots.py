@@ -5,11 +5,11 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from qtbench import plots
-from qtbench.noise import empty_recall
-from qtbench.tables import aggregate
-from tests.test_noise import EPOCH_TRACE, META, Q_TRACE
-from tests.test_tables import TASKS, build_experiment
+from qtbench.report import plots
+from qtbench.report.noise import empty_recall
+from qtbench.report.aggregate import aggregate
+from tests.report.test_noise import EPOCH_TRACE, META, Q_TRACE
+from tests.report.test_tables import TASKS, build_experiment
 
 MAGIC = {"png": b"\x89PNG", "pdf": b"%PDF"}
 
@@ -56,7 +56,7 @@ def test_quadrant_step_shares():
 
 
 def test_sample_labels_and_colors():
-    from qtbench.noise import label_meta
+    from qtbench.report.noise import label_meta
 
     assert plots.sample_labels([0, 2, 3, 4, 9], label_meta(META)) == ["random", "wrong_answer", "truncated",
                                                                       "duplicate", "clean"]
@@ -81,8 +81,8 @@ def test_batch_ranks_match_quantile_thresholds():
 
 def test_eu_plane_epoch_choice(tmp_path):
     experiment = build_experiment(tmp_path, trace_for={("q_tuning", "s0.25-t0.5", 0): Q_TRACE}, world_meta=META)
-    from qtbench.noise import load_meta
-    from qtbench.tables import load_runs
+    from qtbench.report.noise import load_meta
+    from qtbench.report.runs import load_runs
 
     runs = load_runs(experiment["runs"])
     for epoch in (0, 1, -1, -2, 7):  # 7: not in the trace -> the last epoch

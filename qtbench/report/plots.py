@@ -28,6 +28,7 @@ backend switch), so this module is safe to import anywhere.
 from __future__ import annotations
 
 import math
+import os
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -38,6 +39,8 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
+
+from qtbench.report.naming import budget_label, percent, split_budget
 
 PLOT_NAMES = ("budget_curve", "score_vs_flops", "eu_plane", "quadrant_shares", "noise_recall")
 PLOT_FORMATS = ("png", "pdf")
@@ -65,9 +68,9 @@ def plot_all(runs: pd.DataFrame, artifacts: Sequence[Any], plots_dir: str | Path
              recall: pd.DataFrame | None = None, eu_epoch: int = -1, method: str = SUBJECT) -> list[Path]:
     """Write every plot of :data:`PLOT_NAMES` under ``plots_dir``.
 
-    ``runs``: :func:`qtbench.tables.runs_table`; ``artifacts``:
-    :func:`qtbench.tables.load_runs`; ``meta``: :func:`qtbench.noise.load_meta`;
-    ``recall``: :func:`qtbench.noise.noise_recall_table`."""
+    ``runs``: :func:`qtbench.report.tables.runs_table`; ``artifacts``:
+    :func:`qtbench.report.runs.load_runs`; ``meta``: :func:`qtbench.report.noise.load_meta`;
+    ``recall``: :func:`qtbench.report.noise.noise_recall_table`."""
     plots_dir = Path(plots_dir)
     plots_dir.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -85,8 +88,6 @@ def plot_all(runs: pd.DataFrame, artifacts: Sequence[Any], plots_dir: str | Path
 def save_figure(fig: Figure, stem: str | Path) -> list[Path]:
     """``stem``.png (150 dpi) and ``stem``.pdf, written to a temporary name and
     renamed (a killed job leaves no half-written plot)."""
-    import os
-
     stem = Path(stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -268,8 +269,6 @@ def score_vs_flops(runs: pd.DataFrame, stem: str | Path) -> list[Path]:
 
 def _subject_runs(artifacts: Sequence[Any], method: str) -> list[Any]:
     """The lowest-seed run of ``method`` per (model, budget), ordered by model and total budget."""
-    from qtbench.tables import split_budget
-
     chosen: dict[tuple[str, str], Any] = {}
     for run in artifacts:
         if run.method != method:
@@ -321,8 +320,6 @@ def eu_plane(artifacts: Sequence[Any], stem: str | Path, *, meta: pd.DataFrame |
     same samples at their position within their micro-batch (:func:`batch_ranks`)
     with the median alpha / beta bounds.  ``epoch``: an epoch number, or a
     negative index into the epochs the trace holds (-1: the last)."""
-    from qtbench.tables import budget_label
-
     stem = Path(stem)
     runs = _subject_runs(artifacts, method)
     if not runs:
@@ -455,8 +452,6 @@ def quadrant_step_shares(trace: pd.DataFrame) -> pd.DataFrame:
 
 def quadrant_shares(artifacts: Sequence[Any], stem: str | Path, *, method: str = SUBJECT) -> list[Path]:
     """Stacked quadrant shares over training steps per Q-Tuning run."""
-    from qtbench.tables import budget_label
-
     stem = Path(stem)
     runs = _subject_runs(artifacts, method)
     if not runs:
@@ -501,8 +496,6 @@ def quadrant_shares(artifacts: Sequence[Any], stem: str | Path, *, method: str =
 def noise_recall_plot(recall: pd.DataFrame, stem: str | Path) -> list[Path]:
     """Bars: share of each label's records dropped (all epochs, mean over seeds),
     one bar per method, one panel per model x total budget."""
-    from qtbench.tables import budget_label, percent
-
     stem = Path(stem)
     if recall is None or recall.empty:
         return _placeholder(stem, "Noise recall", "no noise recall: needs the world's ground truth\n"

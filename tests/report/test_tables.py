@@ -9,30 +9,19 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from qtbench.tables import (
+from qtbench.report.aggregate import TABLE_STEMS, aggregate, log_results, main_wide, table_files
+from qtbench.report.naming import budget_label, percent, split_budget
+from qtbench.report.render import TABLE_FORMATS, format_mean_std, to_latex, to_markdown
+from qtbench.report.runs import effective_budget_from_trace, effective_budget_table, load_run
+from qtbench.report.tables import (
     PAPER_REFERENCE,
-    TABLE_FORMATS,
-    TABLE_STEMS,
-    aggregate,
-    budget_label,
     budget_table,
     comparison_table,
-    effective_budget_from_trace,
-    effective_budget_table,
-    format_mean_std,
-    load_run,
-    log_results,
     long_table,
     main_display,
     main_table,
-    main_wide,
     paper_reference_table,
-    percent,
     runs_table,
-    split_budget,
-    table_files,
-    to_latex,
-    to_markdown,
 )
 
 
@@ -333,7 +322,7 @@ def test_truncated_trace_is_named(tmp_path):
     run_dir = write_run(tmp_path, "full", "s1-t1", 0, trace=KNOWN_TRACE)
     with (run_dir / "trace.jsonl").open("a") as handle:
         handle.write('{"step": 2, "epo')
-    with pytest.raises(ValueError, match=r"trace.jsonl:3"):
+    with pytest.raises(ValueError, match=r"trace.jsonl: line 3"):
         load_run(run_dir)
 
 

@@ -7,7 +7,7 @@ import math
 import pandas as pd
 import pytest
 
-from qtbench.noise import (
+from qtbench.report.noise import (
     epoch_decisions,
     label_meta,
     load_meta,
@@ -16,8 +16,9 @@ from qtbench.noise import (
     quadrant_shares_by_label,
     recall_summary,
 )
-from qtbench.tables import aggregate, trace_samples
-from tests.test_tables import TASKS, build_experiment
+from qtbench.report.aggregate import aggregate
+from qtbench.report.runs import trace_samples
+from tests.report.test_tables import TASKS, build_experiment
 
 #: Ten records: 0-1 random noise, 2 wrong answer, 3 truncated, 4 a duplicate of 5, 5-9 clean.
 META = [{"index": i, "family": "math", "noise": n, "duplicate_of": d, "covered": True}

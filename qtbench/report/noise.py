@@ -8,7 +8,7 @@ these labels; the trainer's per-sample trace says what each method did with each
 record.  This module joins the two.
 
 Per-sample decisions come from the trainer's ``trace.jsonl`` (one row per
-micro-batch, :func:`qtbench.tables.trace_samples` turns them into one row per
+micro-batch, :func:`qtbench.report.runs.trace_samples` turns them into one row per
 decision):
 
 * every micro-batch row carries ``samples``, column-wise: ``id`` (the record's
@@ -41,14 +41,18 @@ gap between a noise label's ``drop_rate`` and ``clean``'s is the signal.
 from __future__ import annotations
 
 import math
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import pandas as pd
 
 from qtbench.io import write_text_atomic
+from qtbench.report.naming import GROUP_RANK, family_group, row_family, split_budget
+from qtbench.report.render import TABLE_FORMATS, html_page, to_html, to_latex, to_markdown
+from qtbench.report.runs import jsonl_frame
+from qtbench.world.labels import NOISE_TYPES
 
-NOISE_TYPES = ("random", "wrong_answer", "truncated")
 LABELS = (*NOISE_TYPES, "any_noise", "duplicate", "clean")
 QUADRANTS = ("Q1", "Q2", "Q3", "Q4", "Q2+", "Q4+", "mid")
 #: Methods whose samples can be dropped (token-only methods never drop a sample).
@@ -66,9 +70,7 @@ QUADRANT_COLUMNS = [*RUN_KEYS, "epoch", "label", "n", *[f"share_{q}" for q in QU
 def load_meta(path: str | Path) -> pd.DataFrame:
     """``sft_meta.jsonl`` as a frame indexed by record index, with one boolean
     column per label (:data:`LABELS`) beside the raw ``noise``/``duplicate_of``/``family``."""
-    from qtbench.tables import read_jsonl
-
-    meta = read_jsonl(path)
+    meta = jsonl_frame(path)
     if meta.empty:
         raise ValueError(f"{path}: no records")
     missing = {"index", "noise", "duplicate_of"} - set(meta.columns)
@@ -138,11 +140,10 @@ def noise_recall(samples: pd.DataFrame, meta: pd.DataFrame) -> pd.DataFrame:
 
 
 def _run_keys(run: Any) -> dict[str, Any]:
-    from qtbench.tables import method_family, method_group, split_budget
-
     parts = split_budget(run.budget)
-    return {"model": run.model, "group": method_group(run.method), "method": run.method, "budget": run.budget,
-            "total_budget": parts[2] if parts else "", "seed": run.seed, "_family": method_family(run.method)}
+    family = row_family(run.method)
+    return {"model": run.model, "group": family_group(family), "method": run.method, "budget": run.budget,
+            "total_budget": parts[2] if parts else "", "seed": run.seed, "_family": family}
 
 
 def empty_recall() -> pd.DataFrame:
@@ -251,10 +252,6 @@ def recall_summary(recall: pd.DataFrame) -> pd.DataFrame:
 
 
 def _ordered(frame: pd.DataFrame) -> pd.DataFrame:
-    from decimal import Decimal
-
-    from qtbench.tables import GROUP_RANK
-
     frame = frame.copy()
     first = {m: i for i, m in enumerate(dict.fromkeys(frame["method"]))}
     frame["_t"] = frame["total_budget"].map(lambda t: Decimal(t) if t else Decimal(1))
@@ -283,8 +280,6 @@ def write_recall_table(recall: pd.DataFrame, stem: str | Path, has_truth: bool =
     """``noise_recall.csv`` (tidy, :data:`RECALL_COLUMNS`) and the summary as
     ``.md``/``.tex``/``.html``; a note instead of rows when there is no ground
     truth or no per-sample trace."""
-    from qtbench.tables import TABLE_FORMATS, html_page, to_html, to_latex, to_markdown
-
     stem = Path(stem)
     paths = [stem.with_suffix(f".{ext}") for ext in TABLE_FORMATS]
     summary = recall_summary(recall)
@@ -301,8 +296,8 @@ def write_recall_table(recall: pd.DataFrame, stem: str | Path, has_truth: bool =
 
 
 def write_quadrant_table(table: pd.DataFrame, stem: str | Path) -> list[Path]:
-    from qtbench.tables import TABLE_FORMATS, html_page, to_html, to_latex, to_markdown
-
+    """``noise_quadrants.csv`` (tidy, :data:`QUADRANT_COLUMNS`) and the same rows in
+    percent as ``.md``/``.tex``/``.html``."""
     stem = Path(stem)
     paths = [stem.with_suffix(f".{ext}") for ext in TABLE_FORMATS]
     shown = table.copy()
