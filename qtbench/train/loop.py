@@ -150,7 +150,8 @@ def set_up(cfg: Mapping[str, Any], out_dir: Path, state_dir: Path, base_model: s
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-    method = build_method(run["method"], Budget(float(run["r_s"]), float(run["r_t"])), cfg.get("method_options", {}), seed)
+    method = build_method(run["method"], Budget(float(run["r_s"]), float(run["r_t"])), cfg.get("method_options", {}), seed,
+                          variants=cfg.get("variants"))
     check_model_path(base_model)
     if reference_model is not None:
         check_model_path(reference_model)

@@ -87,7 +87,8 @@ rule static_scores:
     params:
         model=lambda wc: base_model_path(wc.model),
         data=sft_data_path(),
-        options=lambda wc: as_arg(config["method_options"].get(wc.sample_method, {})),
+        method=lambda wc: pruner_options(wc.sample_method, config["method_options"], config["variants"])[0],
+        options=lambda wc: as_arg(pruner_options(wc.sample_method, config["method_options"], config["variants"])[1]),
         entry=lambda wc: as_arg(model_entry(wc.model)),
         data_config=as_arg(config["data"]),
         version=qtbench.__version__,
@@ -101,5 +102,5 @@ rule static_scores:
     conda:
         "../../environment.yml"
     shell:
-        "{ON_GPUS} {resources.gpu} -- {QTBENCH_CMD} score-static --method {wildcards.sample_method} --model {params.model} "
+        "{ON_GPUS} {resources.gpu} -- {QTBENCH_CMD} score-static --method {params.method} --model {params.model} "
         "--data {params.data} --options {params.options} --model-entry {params.entry} --data-config {params.data_config} --out {output} > {log} 2>&1"
