@@ -124,6 +124,9 @@ Options (``DEFAULT_OPTIONS``; an explicit option overrides its preset):
   ``lambda``) | ``reversed`` (the same score, the lowest dropped: shorthand
   for ``token_drop: lowest``) | ``rho1`` (Rho-1's excess loss against a
   reference model): the scorers of the paper's Table 5.
+* ``prune_quadrants``: ``q2`` (default; Q2 and Q2-like top-ups) | ``q2_q4``
+  (every kept sample, Q4 included: the paper's quadrant ablation "token-prune
+  Q2 and Q4").
 
 Ablations (the paper's Fig. 6 and Table 5)
 ------------------------------------------
@@ -191,6 +194,7 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     "device": "cpu",
     "stage": "both",
     "token_scorer": "ppl",
+    "prune_quadrants": "q2",
 }
 
 #: What each preset sets; options given explicitly win over the preset.
@@ -210,6 +214,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "device": ("cpu", "input"),
     "stage": ("both", "triage_only", "tokens_only"),
     "token_scorer": ("ppl", "reversed", "rho1"),
+    "prune_quadrants": ("q2", "q2_q4"),
 }
 
 
@@ -471,7 +476,8 @@ def _decide(stats: BatchStats, budget: Budget, opts: Mapping[str, Any]) -> Decis
         topup[extra] = True
         q2_like = topup & (s2 >= s4)
     kept = kept0 | topup
-    prune_rows = q2 | q2_like
+    # the paper's quadrant ablation "token-prune Q2 and Q4" prunes every kept sample
+    prune_rows = kept if opts["prune_quadrants"] == "q2_q4" else q2 | q2_like
 
     # ---- Stage 2: token pruning inside Q2 (+ Q2-like)
     scores = _stage2_scores(stats, nll, response, attention, opts, device)

@@ -149,3 +149,13 @@ def test_stage_options_reach_the_method_object():
     sel = method.select(batch())
     assert sel.per_sample["quadrant"] == ["mid"] * 4
     assert rows(sel.token_keep) == [[0, 0, 0], [1, 1, 1], [0, 0, 0], [1, 1, 1]]
+
+
+def test_prune_quadrants_q2_q4_prunes_the_calibration_samples_too():
+    # per-sample budget at (0.5, 0.7): floor(0.7 * 3) = 2 tokens kept in each pruned row; row 1 (Q4)
+    # is pruned only under q2_q4, where its s_1 = 2 e^0.1 (1.658) is the highest score
+    only_q2 = select(batch(), Budget(0.5, 0.7), token_budget="per_sample")
+    both = select(batch(), Budget(0.5, 0.7), token_budget="per_sample", prune_quadrants="q2_q4")
+    assert rows(only_q2.token_keep)[:2] == [[1, 0, 1], [1, 1, 1]]
+    assert rows(both.token_keep)[:2] == [[1, 0, 1], [1, 0, 1]]
+    assert both.trace["token_candidates"] == 6 and only_q2.trace["token_candidates"] == 3
