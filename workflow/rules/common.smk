@@ -97,6 +97,14 @@ def reference_data_path():
     return config["data"]["reference_source"] or f"{R}/world/reference.jsonl"
 
 
+def reference_data_input():
+    """The reference split as a file input: the world's, or a local file; a
+    Hugging Face data set id (e.g. the SFT set itself, for a reference model
+    that is an SFT'd copy of the base) is no file and is loaded by the job."""
+    path = reference_data_path()
+    return [path] if not config["data"]["reference_source"] or Path(path).exists() else []
+
+
 def tasks_dir():
     return config["eval"]["include_path"] or (f"{R}/world/tasks" if USES_WORLD else None)
 

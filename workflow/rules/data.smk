@@ -60,12 +60,13 @@ def reference_run_config(model):
 rule reference_model:
     input:
         base=lambda wc: base_model_input(wc.model),
-        data=reference_data_path(),
+        data=reference_data_input(),
     output:
         directory(f"{R}/models/{{model}}/reference"),
     params:
         run_config=lambda wc: as_arg(reference_run_config(wc.model)),
         base=lambda wc: base_model_path(wc.model),
+        data=reference_data_path(),
     threads: config["train"]["threads"]
     resources:
         gpu=job_gpus("reference_model"),
@@ -75,7 +76,7 @@ rule reference_model:
         "../../environment.yml"
     shell:
         "{ON_GPUS} {resources.gpu} -- {QTBENCH_CMD} train --run-config {params.run_config} --base-model {params.base} "
-        "--data {input.data} --out {output} > {log} 2>&1"
+        "--data {params.data} --out {output} > {log} 2>&1"
 
 
 rule static_scores:
