@@ -38,7 +38,7 @@ def merged(path: Path) -> dict:
 
 def dry_run(tmp_path: Path, config: Path) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "snakemake", "-n", "--cores", "2", "--snakefile", str(REPO_ROOT / "Snakefile"),
-           "--directory", str(tmp_path), "--configfile", str(config)]
+           "--directory", str(tmp_path), "--configfile", str(config), "-p"]
     env = {**os.environ, **OFFLINE}
     env.pop("SNAKEMAKE_PROFILE", None)
     return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
@@ -111,3 +111,18 @@ def test_snakemake_names_a_bad_variant_key(tmp_path):
     done = dry_run(tmp_path, bad)
     assert done.returncode != 0
     assert "variants.q_tuning_l03.options.lamda" in done.stdout + done.stderr
+
+
+def test_a_static_pruners_variant_scores_with_its_own_options(tmp_path):
+    cfg = tmp_path / "static.yaml"
+    cfg.write_text("experiment: st\nvariants:\n  ifd_t09: {method: ifd, options: {threshold: 0.9}}\n"
+                   "methods: [ifd, ifd_t09+ppl]\n")
+    done = dry_run(tmp_path, cfg)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    text = done.stdout + done.stderr
+    assert job_counts(text)["static_scores"] == 2
+    assert "results/st/static/tiny/ifd_t09.json" in text and "results/st/static/tiny/ifd.json" in text
+    # both are scored by the registered `ifd`, each with its own options
+    commands = [line for line in text.splitlines() if "score-static" in line]
+    assert len(commands) == 2 and all("--method ifd " in line for line in commands)
+    assert sum("--options '{\"threshold\": 0.9}'" in line for line in commands) == 1
