@@ -10,7 +10,6 @@ import copy
 import json
 
 import pytest
-import torch
 import yaml
 
 from qtbench.config import REPO_ROOT, ConfigError, expand_runs, train_config, validate_config

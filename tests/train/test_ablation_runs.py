@@ -8,7 +8,6 @@ import json
 
 import pytest
 
-from qtbench.config import RunSpec
 from qtbench.train.loop import train
 from tests.train.test_loop import run_config
 
