@@ -181,6 +181,11 @@ class EpochLevelSamplePruner(SamplePruner):
     #: subclasses extend this with their own options and defaults
     option_defaults: dict[str, Any] = {"double_prune": False}
 
+    @classmethod
+    def option_keys(cls) -> frozenset[str]:
+        """The option keys the config may set (checked at DAG build by the registry)."""
+        return frozenset(cls.option_defaults)
+
     def __init__(self, budget: Budget, options: Mapping[str, Any] | None = None, seed: int = 0) -> None:
         super().__init__(budget, options, seed)
         self.options = check_options(self.name, options, self.option_defaults)
@@ -204,6 +209,11 @@ class BatchScoredSamplePruner(SamplePruner):
     samples with the highest :meth:`scores` (ties: lower row first)."""
 
     option_defaults: dict[str, Any] = {}
+
+    @classmethod
+    def option_keys(cls) -> frozenset[str]:
+        """The option keys the config may set (checked at DAG build by the registry)."""
+        return frozenset(cls.option_defaults)
 
     def __init__(self, budget: Budget, options: Mapping[str, Any] | None = None, seed: int = 0) -> None:
         super().__init__(budget, options, seed)
@@ -246,6 +256,11 @@ class ScoredTokenPruner(TokenPruner):
     #: score given to prompt positions under ``count_prompt`` (None: use the
     #: score tensor as it is there)
     prompt_score: float | None = 0.0
+
+    @classmethod
+    def option_keys(cls) -> frozenset[str]:
+        """The option keys the config may set (checked at DAG build by the registry)."""
+        return frozenset({"scope", "count_prompt", *cls.option_defaults})
 
     def __init__(self, budget: Budget, options: Mapping[str, Any] | None = None, seed: int = 0) -> None:
         super().__init__(budget, options, seed)

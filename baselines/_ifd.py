@@ -52,6 +52,12 @@ class IfdSelection(EpochLevelSamplePruner):
     #: drop samples with IFD >= threshold (True) or only IFD > threshold (False)
     drop_at_threshold: bool = False
 
+    @classmethod
+    def option_keys(cls) -> frozenset[str]:
+        """The option keys the config may set (the defaults below are set per instance)."""
+        return frozenset({*EpochLevelSamplePruner.option_defaults, "threshold", "proxy", "proxy_revision",
+                          *SCORING_DEFAULTS})
+
     def __init__(self, budget: Budget, options: Mapping[str, Any] | None = None, seed: int = 0) -> None:
         self.option_defaults = {
             **EpochLevelSamplePruner.option_defaults,

@@ -107,11 +107,13 @@ def parse_budget(budget: str) -> tuple[float, float]:
     return float(match.group(1)), float(match.group(2))
 
 
-def budgets_for(method: str, pairs: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
-    """The (r_s, r_t) budgets a method runs at, from the config's joint pairs."""
+def budgets_for(method: str, pairs: Iterable[tuple[str, str]],
+                variants: Mapping[str, Any] | None = None) -> list[tuple[str, str]]:
+    """The (r_s, r_t) budgets a method runs at, from the config's joint pairs
+    (a variant's budgets follow its base method's family)."""
     from qtbench.methods.registry import method_family
 
-    family = method_family(method)
+    family = method_family(method, variants)
     out: list[tuple[str, str]] = []
     for r_s, r_t in pairs:
         if family == "full":
@@ -151,7 +153,7 @@ def expand_runs(config: Mapping[str, Any]) -> list[RunSpec]:
     runs = []
     for model in config["models"]:
         for method in config["methods"]:
-            for r_s, r_t in budgets_for(method, budget_pairs(config, method)):
+            for r_s, r_t in budgets_for(method, budget_pairs(config, method), config.get("variants")):
                 for seed in seeds_for(config, method):
                     runs.append(RunSpec(model, method, r_s, r_t, int(seed)))
     return sorted(set(runs), key=lambda r: (r.model, config["methods"].index(r.method), r.budget, r.seed))
@@ -222,11 +224,19 @@ def _defaults_validator(base: Any) -> Any:
 
 
 def _check_semantics(config: dict[str, Any]) -> None:
-    from qtbench.methods.registry import parse_method
+    from qtbench.methods.registry import VariantError, check_variants, resolve_method
 
+    try:
+        variants = check_variants(config.get("variants"))
+    except VariantError as exc:
+        raise ConfigError(f"config key {exc.key!r}: {exc.detail}") from None
+    for name in config.get("method_options") or {}:
+        if name in variants:
+            raise ConfigError(f"config key 'method_options.{name}': {name!r} is a variant; "
+                              f"its options go in 'variants.{name}.options'")
     for i, method in enumerate(config["methods"]):
         try:
-            parse_method(method)
+            resolve_method(method, variants)
         except ValueError as exc:
             raise ConfigError(f"config key 'methods[{i}]': {exc}") from None
     budget_pairs(config)
@@ -282,13 +292,21 @@ def uses_world(config: Mapping[str, Any]) -> bool:
 def train_config(config: Mapping[str, Any], run: RunSpec) -> dict[str, Any]:
     """What one training job needs: the run, the model entry, data and train
     sections and the options of the pruners it uses.  Rules pass it as a
-    ``params`` JSON so that a change retrains exactly the affected runs."""
-    from qtbench.methods.registry import parse_method
+    ``params`` JSON so that a change retrains exactly the affected runs.
 
-    spec = parse_method(run.method)
+    A run whose method uses variants also gets ``variants`` (only the ones it
+    uses, ``{name: {method, options}}``), so that changing a variant's options
+    retrains exactly its runs; ``method_options`` holds the options of the
+    registered methods it resolves to (the trainer merges them,
+    :func:`qtbench.methods.registry.part_options`).  Runs without variants get
+    no ``variants`` key: their params, and so their outputs, stay as they were."""
+    from qtbench.methods.registry import resolve_method
+
+    resolved = resolve_method(run.method, config.get("variants"))
+    spec = resolved.spec
     names = {spec.name, spec.sample, spec.token}
     options = {k: v for k, v in config.get("method_options", {}).items() if k in names}
-    return {
+    out = {
         "experiment": config["experiment"],
         "run": run.as_dict(),
         "model": {"name": run.model, **config["models"][run.model]},
@@ -297,3 +315,7 @@ def train_config(config: Mapping[str, Any], run: RunSpec) -> dict[str, Any]:
         "method_options": options,
         "wandb": config["wandb"],
     }
+    if resolved.variants:
+        out["variants"] = {name: {"method": v.method, "options": dict(v.options)}
+                           for name, v in sorted(resolved.variants.items())}
+    return out

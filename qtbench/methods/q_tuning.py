@@ -118,6 +118,42 @@ Options (``DEFAULT_OPTIONS``; an explicit option overrides its preset):
   the PPL / entropy axis, in (0, 0.5).
 * ``max_iter``: 10 (code), >= 1; ``tol``: 0.01 (code), > 0.
 * ``device``: ``cpu`` (qtbench, default) | ``input`` (compute on the stats' device).
+* ``stage``: ``both`` (default) | ``triage_only`` | ``tokens_only``: the
+  single-stage ablations of the paper's Fig. 6 (see "Ablations" below).
+* ``token_scorer``: ``ppl`` (default; the context-aware score above with
+  ``lambda``) | ``reversed`` (the same score, the lowest dropped: shorthand
+  for ``token_drop: lowest``) | ``rho1`` (Rho-1's excess loss against a
+  reference model): the scorers of the paper's Table 5.
+* ``prune_quadrants``: ``q2`` (default; Q2 and Q2-like top-ups) | ``q2_q4``
+  (every kept sample, Q4 included: the paper's quadrant ablation "token-prune
+  Q2 and Q4").
+
+Ablations (the paper's Fig. 6 and Table 5)
+------------------------------------------
+Each single-stage variant spends the run's whole total budget
+``r_s * r_t`` in its one stage, so that it compares with Q-Tuning at the same
+amount of data (the budget protocol of ``qtbench.config`` for sample-only and
+token-only baselines); run it at ``(r_s * r_t, 1)`` or ``(1, r_s * r_t)``
+(``method_budgets``) so that the run id shows what it does.
+
+* ``stage: triage_only`` - Stage 1 alone: the triage above with
+  ``r_s' = r_s * r_t``, and every response token of a kept sample keeps its
+  loss (no Stage 2).  It equals ``stage: both`` at ``(r_s * r_t, 1)``.
+* ``stage: tokens_only`` - Stage 2 alone: every sample is kept and every
+  response token is a candidate, scored by ``token_scorer``.  ``token_budget:
+  per_sample`` keeps ``floor(r_s r_t L)`` of each sample's ``L`` response
+  tokens; ``batch`` keeps ``round(n r_s r_t)`` of the micro-batch's ``n``
+  response tokens, ranked together.  (The Stage-2 batch rule counts prompt
+  positions because dropped samples pay for them; with no sample dropped it
+  would strip every response token whenever the prompts exceed ``r_s r_t`` of
+  the batch, so this stage counts response tokens only.)  Nothing is pruned
+  when ``r_s * r_t == 1``.
+* ``token_scorer: rho1`` - the score of a response token is
+  ``NLL_ref_i - NLL_i`` (minus Rho-1's excess loss, so that ``token_drop:
+  highest`` drops the tokens with the LOWEST excess loss and keeps those the
+  model has yet to learn, as Rho-1 does); ``lambda`` and ``neighbours`` do
+  not apply.  It needs ``ref_nll`` from a reference model
+  (:meth:`QTuning.stats_for_options`, read by the workflow before any run).
 
 ``stats_source`` changes no decision: qtbench always scores in a separate
 no-grad pass, which equals the code's same-forward statistics when the forward
@@ -140,7 +176,7 @@ Tensor = torch.Tensor
 
 __all__ = [
     "DEFAULT_OPTIONS", "PRESETS", "Decision", "QTuning", "bisect_thresholds", "decide",
-    "numpy_linear_quantile", "resolve_options", "sample_axes", "select", "token_scores",
+    "numpy_linear_quantile", "resolve_options", "rho1_scores", "sample_axes", "select", "token_scores",
 ]
 
 DEFAULT_OPTIONS: dict[str, Any] = {
@@ -156,6 +192,9 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     "max_iter": 10,
     "tol": 0.01,
     "device": "cpu",
+    "stage": "both",
+    "token_scorer": "ppl",
+    "prune_quadrants": "q2",
 }
 
 #: What each preset sets; options given explicitly win over the preset.
@@ -173,6 +212,9 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "neighbours": ("attended", "response"),
     "token_drop": ("highest", "lowest"),
     "device": ("cpu", "input"),
+    "stage": ("both", "triage_only", "tokens_only"),
+    "token_scorer": ("ppl", "reversed", "rho1"),
+    "prune_quadrants": ("q2", "q2_q4"),
 }
 
 
@@ -191,6 +233,11 @@ def resolve_options(options: Mapping[str, Any] | None = None) -> dict[str, Any]:
     if preset not in PRESETS:
         raise ValueError(f"q_tuning option 'preset' must be one of {list(PRESETS)}, got {preset!r}")
     resolved = {**DEFAULT_OPTIONS, **PRESETS[preset], **options}
+    if resolved["token_scorer"] == "reversed":
+        if options.get("token_drop", "lowest") != "lowest":
+            raise ValueError("q_tuning option 'token_scorer: reversed' drops the lowest scores; "
+                             f"it contradicts 'token_drop: {options['token_drop']}'")
+        resolved["token_drop"] = "lowest"
     for name, choices in _CHOICES.items():
         if resolved[name] not in choices:
             raise ValueError(f"q_tuning option {name!r} must be one of {list(choices)}, got {resolved[name]!r}")
@@ -398,6 +445,11 @@ def select(stats: BatchStats, budget: Budget, **options: Any) -> Selection:
 
 
 def _decide(stats: BatchStats, budget: Budget, opts: Mapping[str, Any]) -> Decision:
+    if opts["stage"] == "tokens_only":
+        return _decide_tokens_only(stats, budget, opts)
+    if opts["stage"] == "triage_only":
+        # Stage 1 spends the whole total budget; r_t = 1 switches Stage 2 off
+        budget = Budget(float(budget.sample_ratio) * float(budget.token_ratio), 1.0)
     device = torch.device("cpu") if opts["device"] == "cpu" else stats.nll.device
     nll, entropy, response, attention = _as_f64(stats, device)
     batch, width = response.shape
@@ -424,10 +476,11 @@ def _decide(stats: BatchStats, budget: Budget, opts: Mapping[str, Any]) -> Decis
         topup[extra] = True
         q2_like = topup & (s2 >= s4)
     kept = kept0 | topup
-    prune_rows = q2 | q2_like
+    # the paper's quadrant ablation "token-prune Q2 and Q4" prunes every kept sample
+    prune_rows = kept if opts["prune_quadrants"] == "q2_q4" else q2 | q2_like
 
     # ---- Stage 2: token pruning inside Q2 (+ Q2-like)
-    scores = token_scores(nll, response, attention, opts["lambda"], opts["neighbours"])
+    scores = _stage2_scores(stats, nll, response, attention, opts, device)
     candidates = response & prune_rows.view(-1, 1)
     lowest = opts["token_drop"] == "lowest"
     n_tok = int(attention.sum())
@@ -475,6 +528,69 @@ def _decide(stats: BatchStats, budget: Budget, opts: Mapping[str, Any]) -> Decis
                     q2_like.to(cpu), prune_rows.to(cpu), scores.to(cpu), dict(opts))
 
 
+def rho1_scores(nll: Tensor, ref_nll: Tensor, response: Tensor) -> Tensor:
+    """``NLL_ref_i - NLL_i`` on response positions, 0 elsewhere (float64): minus
+    Rho-1's excess loss, so that dropping the HIGHEST scores drops the tokens
+    with the lowest excess loss (Rho-1 keeps the highest)."""
+    response = response.bool()
+    zero = torch.zeros((), dtype=torch.float64, device=nll.device)
+    excess = nll.to(torch.float64) - ref_nll.to(device=nll.device, dtype=torch.float64)
+    return torch.where(response, -excess, zero)
+
+
+def _stage2_scores(stats: BatchStats, nll: Tensor, response: Tensor, attention: Tensor,
+                   opts: Mapping[str, Any], device: torch.device) -> Tensor:
+    """The Stage-2 score of every loss position under ``token_scorer``."""
+    if opts["token_scorer"] != "rho1":  # ppl, or reversed (token_drop lowest)
+        return token_scores(nll, response, attention, opts["lambda"], opts["neighbours"])
+    if "ref_nll" not in stats.extras:
+        raise ValueError("q_tuning option 'token_scorer: rho1' needs the reference model's NLL (stats extra "
+                         "'ref_nll'): give the run a reference model")
+    return rho1_scores(nll, stats.extras["ref_nll"].detach().to(device), response)
+
+
+def _decide_tokens_only(stats: BatchStats, budget: Budget, opts: Mapping[str, Any]) -> Decision:
+    """Stage 2 alone (``stage: tokens_only``): every sample kept, every response
+    token a candidate, ``r_s * r_t`` of the response tokens kept (module docstring)."""
+    device = torch.device("cpu") if opts["device"] == "cpu" else stats.nll.device
+    nll, entropy, response, attention = _as_f64(stats, device)
+    batch, width = response.shape
+    if batch == 0:
+        return _empty(response, opts)
+    total = float(budget.sample_ratio) * float(budget.token_ratio)
+    ppl, ent = _axes(nll, entropy, response, attention, opts["entropy_over"])
+    scores = _stage2_scores(stats, nll, response, attention, opts, device)
+    lowest = opts["token_drop"] == "lowest"
+    lengths = response.sum(dim=1)
+    n_resp = int(lengths.sum())
+    if opts["token_budget"] == "batch":
+        n_drop = n_resp - int(round(n_resp * total)) if total != 1.0 else 0
+        drop = torch.zeros_like(response)
+        if n_drop > 0:
+            drop = _drop_by_rank(scores.reshape(1, -1), response.reshape(1, -1),
+                                 torch.tensor([n_drop], device=device), lowest).view(batch, width)
+        token_budget = n_resp - n_drop
+    else:
+        keep_n = torch.floor(lengths.to(torch.float64) * total).to(torch.long)
+        drop = _drop_by_rank(scores, response, lengths - keep_n, lowest)
+        token_budget = int(keep_n.sum())
+    token_keep = response & ~drop
+    n_tok, n_pruned = int(attention.sum()), int(drop.sum())
+    everyone = torch.ones(batch, dtype=torch.bool, device=device)
+    trace = _empty(response, opts).selection.trace
+    trace.update({
+        "n_unassigned": batch, "keep_frac": 1.0, "keep_count": batch, "samples_kept": batch,
+        "response_tokens": n_resp, "response_tokens_kept": int(token_keep.sum()), "token_budget": token_budget,
+        "attended_tokens": n_tok, "attended_tokens_kept": n_tok - n_pruned,
+        "token_candidates": n_resp, "tokens_pruned": n_pruned,
+    })
+    cpu = torch.device("cpu")
+    none = torch.zeros(batch, dtype=torch.bool)
+    selection = Selection(everyone.to(cpu), token_keep.to(cpu), torch.ones(batch, dtype=torch.float32), trace)
+    return Decision(selection, ppl.to(cpu), ent.to(cpu), none, none, none.clone(), none.clone(),
+                    everyone.to(cpu), scores.to(cpu), dict(opts))
+
+
 def _empty(response: Tensor, opts: Mapping[str, Any]) -> Decision:
     none = torch.zeros(0, dtype=torch.bool)
     trace = {k: None for k in ("alpha", "beta", "ppl_hi", "ppl_lo", "ent_lo", "ent_hi")}
@@ -499,11 +615,28 @@ class QTuning(Method):
 
     name = "q_tuning"
     required_stats = frozenset({"nll", "entropy"})
+    #: the option keys the config may set (checked at DAG build, before any run)
+    option_keys = frozenset(DEFAULT_OPTIONS)
 
     def __init__(self, budget: Budget, options: Mapping[str, Any] | None = None, seed: int = 0) -> None:
         self.budget = budget
         self.options = resolve_options(options)
+        self.required_stats = self.stats_for_options(self.options)
         self.seed = seed  # unused: the method is deterministic
+
+    @classmethod
+    def check_options(cls, options: Mapping[str, Any] | None) -> dict[str, Any]:
+        """Validate option values without building the method (config validation)."""
+        return resolve_options(options)
+
+    @classmethod
+    def stats_for_options(cls, options: Mapping[str, Any] | None) -> frozenset[str]:
+        """The statistics a run with these options needs, without building it:
+        the reference model's NLL only for ``token_scorer: rho1`` when Stage 2 runs."""
+        opts = resolve_options(options)
+        if opts["token_scorer"] == "rho1" and opts["stage"] != "triage_only":
+            return cls.required_stats | {"ref_nll"}
+        return cls.required_stats
 
     def select(self, stats: BatchStats) -> Selection:
         decision = _decide(stats, self.budget, self.options)

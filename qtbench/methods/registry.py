@@ -7,6 +7,13 @@ joint method (:func:`register_joint_method`).  A method name in the config is
 ``<sample>+<token>``; :func:`parse_method` resolves it and :func:`build_method`
 turns it into a :class:`~qtbench.methods.base.Method`.
 
+A config may also name *variants*: ``variants: {q_tuning_l0: {method: q_tuning,
+options: {lambda: 0.0}}}`` makes ``q_tuning_l0`` usable wherever a method name
+is, alone or as either half of a pair (``random+ppl_lowest``).
+:func:`check_variants` validates the section, :func:`resolve_method` maps a
+name onto registered methods, :func:`part_options` gives each part its options
+and :func:`describe_variant` says what a variant changes (for the tables).
+
 The registry finds its members by discovery (:func:`load_registry`): it imports
 ``qtbench.methods.q_tuning`` and every module of the top-level ``baselines``
 package by name, so no interface module imports a method.
@@ -130,22 +137,31 @@ def parse_method(name: str) -> MethodSpec:
     raise ValueError(f"unknown method {name!r}; registered methods: {', '.join(known)} (pairs as 'sample+token')")
 
 
-def method_family(name: str) -> str:
+def method_family(name: str, variants: Mapping[str, Any] | None = None) -> str:
     """``full``, ``joint``, ``sample``, ``token`` or ``pair``: the one
-    definition of a method's family (tables group rows by it, budgets follow it)."""
-    return parse_method(name).family
+    definition of a method's family (tables group rows by it, budgets follow it).
+    A variant (config ``variants``) has the family of its base method."""
+    return resolve_method(name, variants).spec.family
 
 
-def required_stats(name: str) -> frozenset[str]:
+def required_stats(name: str, options: Mapping[str, Mapping[str, Any]] | None = None,
+                   variants: Mapping[str, Any] | None = None) -> frozenset[str]:
     """The statistics a method's stats pass computes, read from its classes
     (no method is built): lets the workflow see, e.g., which runs need a
-    reference model without instantiating anything."""
-    spec = parse_method(name)
-    if spec.family == "joint":
-        return frozenset(getattr(JOINT_METHODS[name], "required_stats", frozenset()))
-    sample = SAMPLE_PRUNERS[spec.sample].required_stats if spec.sample != "none" else frozenset()
-    token = TOKEN_PRUNERS[spec.token].required_stats if spec.token != "none" else frozenset()
-    return frozenset(sample | token)
+    reference model without instantiating anything.
+
+    ``options`` (the config's ``method_options``) and ``variants`` give each
+    part its run's options (:func:`part_options`); a class whose needs depend on
+    its options says so with a classmethod ``stats_for_options(options)``
+    (Q-Tuning's ``token_scorer: rho1`` needs ``ref_nll``), else its class
+    attribute ``required_stats`` is read."""
+    resolved = resolve_method(name, variants)
+    per_part = part_options(name, options, variants)
+    needed: set[str] = set()
+    for role, cls in resolved.classes().items():
+        by_options = getattr(cls, "stats_for_options", None)
+        needed |= set(by_options(per_part[role]) if by_options else getattr(cls, "required_stats", frozenset()))
+    return frozenset(needed)
 
 
 def _unknown(kind: str, part: str, name: str, table: Iterable[str]) -> str:
@@ -153,18 +169,248 @@ def _unknown(kind: str, part: str, name: str, table: Iterable[str]) -> str:
 
 
 def build_method(
-    name: str, budget: Budget, options: Mapping[str, Mapping[str, Any]] | None = None, seed: int = 0
+    name: str, budget: Budget, options: Mapping[str, Mapping[str, Any]] | None = None, seed: int = 0,
+    variants: Mapping[str, Any] | None = None,
 ) -> Method:
     """Instantiate the method a config names.  ``options`` maps a pruner name to
-    its options (the config's ``methods_options`` section)."""
-    options = options or {}
-    spec = parse_method(name)
+    its options (the config's ``method_options`` section); ``variants`` (the
+    config's ``variants`` section) resolves variant names, each part getting
+    :func:`part_options`."""
+    spec = resolve_method(name, variants).spec
+    per_part = part_options(name, options, variants)
     if spec.family == "joint":
-        return JOINT_METHODS[name](budget, options.get(name, {}), seed)
+        return JOINT_METHODS[spec.name](budget, per_part["joint"], seed)
     sample_cls = SAMPLE_PRUNERS.get(spec.sample, KeepAllSamples)
     token_cls = TOKEN_PRUNERS.get(spec.token, KeepAllTokens)
     return PairMethod(
         name,
-        sample_cls(budget, options.get(spec.sample, {}), seed),
-        token_cls(budget, options.get(spec.token, {}), seed),
+        sample_cls(budget, per_part.get("sample", {}), seed),
+        token_cls(budget, per_part.get("token", {}), seed),
     )
+
+
+# --------------------------------------------------------------------------- variants
+
+
+class VariantError(ValueError):
+    """A bad ``variants`` entry; ``key`` is the config key at fault
+    (e.g. ``variants.q_tuning_l0.options.lamda``)."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"{key}: {message}")
+        self.key = key
+        self.detail = message
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A named set of options of one registered method (config ``variants.<name>``)."""
+
+    name: str
+    method: str
+    options: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class ResolvedMethod:
+    """A config method name mapped onto registered methods.
+
+    ``name``: as written (``random+ppl_lowest``); ``base``: the same over
+    registered names (``random+ppl``); ``spec``: ``parse_method(base)``;
+    ``parts``: role (``joint``, ``sample``, ``token``) -> the name written for
+    that part (a variant or a registered name); ``variants``: the variants used."""
+
+    name: str
+    base: str
+    spec: MethodSpec
+    parts: Mapping[str, str]
+    variants: Mapping[str, Variant]
+
+    def classes(self) -> dict[str, Any]:
+        """Role -> the registered class (or joint factory) of each part."""
+        if self.spec.family == "joint":
+            return {"joint": JOINT_METHODS[self.spec.name]}
+        out: dict[str, Any] = {}
+        if self.spec.sample != "none":
+            out["sample"] = SAMPLE_PRUNERS[self.spec.sample]
+        if self.spec.token != "none":
+            out["token"] = TOKEN_PRUNERS[self.spec.token]
+        return out
+
+
+def option_keys(method: str) -> frozenset[str] | None:
+    """The option keys a registered method accepts, from the class attribute (or
+    classmethod) ``option_keys`` of every class registered under that name
+    (``random`` is a sample and a token pruner: the union); None when a class
+    does not declare them (its constructor still checks)."""
+    load_registry()
+    classes = [table[method] for table in (JOINT_METHODS, SAMPLE_PRUNERS, TOKEN_PRUNERS) if method in table]
+    keys: set[str] = set()
+    for cls in classes:
+        declared = getattr(cls, "option_keys", None)
+        if callable(declared):
+            declared = declared()
+        if declared is None:
+            return None
+        keys |= set(declared)
+    return frozenset(keys)
+
+
+def check_variants(variants: Mapping[str, Any] | None) -> dict[str, Variant]:
+    """Validate a config's ``variants`` section; return name -> :class:`Variant`.
+
+    A variant names one registered joint method, sample or token pruner
+    (``method``; not ``full``, a pair or another variant) and a mapping of its
+    options.  Raises :class:`VariantError` naming the key: a name that collides
+    with a registered method, an unknown base method, an option key the base
+    method does not declare (``option_keys``), or an option value its
+    classmethod ``check_options`` rejects."""
+    load_registry()
+    registered = {"full", "none", *JOINT_METHODS, *SAMPLE_PRUNERS, *TOKEN_PRUNERS}
+    out: dict[str, Variant] = {}
+    for name, entry in (variants or {}).items():
+        key = f"variants.{name}"
+        try:
+            _check_name(name)
+        except ValueError as exc:
+            raise VariantError(key, str(exc)) from None
+        if name in registered:
+            raise VariantError(key, f"the variant name {name!r} is a registered method; choose another name")
+        if not isinstance(entry, Mapping) or "method" not in entry:
+            raise VariantError(key, "a variant is a mapping {method: <registered method>, options: {...}}")
+        method, options = entry["method"], entry.get("options") or {}
+        if not isinstance(method, str) or method not in registered - {"full", "none"}:
+            known = ", ".join(sorted(registered - {"full", "none"}))
+            why = ("a variant of a variant is not allowed" if method in (variants or {})
+                   else "a pair is not allowed" if isinstance(method, str) and "+" in method else "unknown method")
+            raise VariantError(f"{key}.method", f"{why} {method!r}; a variant's method is one registered "
+                               f"method or pruner: {known}")
+        if not isinstance(options, Mapping):
+            raise VariantError(f"{key}.options", f"must be a mapping of option: value, got {options!r}")
+        keys = option_keys(method)
+        for option in options:
+            if keys is not None and option not in keys:
+                raise VariantError(f"{key}.options.{option}", f"unknown option of method {method!r}; "
+                                   f"known options: {', '.join(sorted(keys)) or '(none)'}")
+        for cls in (JOINT_METHODS.get(method), SAMPLE_PRUNERS.get(method), TOKEN_PRUNERS.get(method)):
+            check = getattr(cls, "check_options", None)
+            if callable(check):
+                try:
+                    check(options)
+                except ValueError as exc:
+                    raise VariantError(f"{key}.options", str(exc)) from None
+        out[name] = Variant(name, method, dict(options))
+    return out
+
+
+def resolve_method(name: str, variants: Mapping[str, Any] | None = None) -> ResolvedMethod:
+    """Map a config method name, which may use variants, onto registered methods.
+
+    A variant used alone takes its base method's place (``q_tuning_l0`` ->
+    ``q_tuning``); in a pair each half is resolved on its own and must fit its
+    role (a sample pruner's variant on the left, a token pruner's on the right)."""
+    table = check_variants(variants) if variants and not _all_variants(variants) else dict(variants or {})
+    if name in table:
+        variant = table[name]
+        spec = parse_method(variant.method)
+        role = "joint" if spec.family == "joint" else spec.family
+        return ResolvedMethod(name, variant.method, spec, {role: name}, {name: variant})
+    if "+" in name:
+        sample, _, token = name.partition("+")
+        used = {part: table[part] for part in (sample, token) if part in table}
+        base_sample = table[sample].method if sample in table else sample
+        base_token = table[token].method if token in table else token
+        base = f"{base_sample}+{base_token}"
+        try:
+            spec = parse_method(base)
+        except ValueError as exc:
+            if used:
+                raise ValueError(f"{exc} (method {name!r} with its variants resolved)") from None
+            raise
+        parts = {role: written for role, written, b in (("sample", sample, base_sample), ("token", token, base_token))
+                 if b != "none"}
+        return ResolvedMethod(name, base, spec, parts, used)
+    spec = parse_method(name)
+    parts = {"joint": name} if spec.family == "joint" else {r: n for r, n in (("sample", spec.sample), ("token", spec.token)) if n != "none"}
+    return ResolvedMethod(name, name, spec, parts, {})
+
+
+def _all_variants(variants: Mapping[str, Any]) -> bool:
+    return all(isinstance(v, Variant) for v in variants.values())
+
+
+def part_options(name: str, method_options: Mapping[str, Mapping[str, Any]] | None = None,
+                 variants: Mapping[str, Any] | None = None) -> dict[str, dict[str, Any]]:
+    """Role -> the options that part of a run receives.
+
+    Merge rule: a part named by a registered method gets
+    ``method_options[<method>]``; a part named by a variant gets
+    ``{**method_options[<base method>], **variant.options}`` - one level deep,
+    the variant's keys win, and everything else (presets, defaults) is then
+    resolved by the method as for any options (for Q-Tuning an explicit option
+    still beats a preset, so a variant ``{preset: paper_text}`` over
+    ``method_options.q_tuning: {entropy_over: all}`` keeps ``entropy_over: all``)."""
+    method_options = method_options or {}
+    resolved = resolve_method(name, variants)
+    out: dict[str, dict[str, Any]] = {}
+    for role, written in resolved.parts.items():
+        variant = resolved.variants.get(written)
+        base = variant.method if variant else written
+        out[role] = {**dict(method_options.get(base) or {}), **(dict(variant.options) if variant else {})}
+    return out
+
+
+def pruner_options(part: str, method_options: Mapping[str, Mapping[str, Any]] | None = None,
+                   variants: Mapping[str, Any] | None = None) -> tuple[str, dict[str, Any]]:
+    """(registered name, options) of one part name, a pruner or a variant of one
+    (e.g. the static_scores rule's ``sample_method``), by :func:`part_options`' rule."""
+    method_options = method_options or {}
+    table = check_variants(variants) if variants and not _all_variants(variants) else dict(variants or {})
+    if part in table:
+        variant = table[part]
+        return variant.method, {**dict(method_options.get(variant.method) or {}), **dict(variant.options)}
+    return part, dict(method_options.get(part) or {})
+
+
+def default_options(method: str) -> dict[str, Any]:
+    """The defaults a registered method declares (``option_defaults`` of a
+    baseline class, Q-Tuning's resolved defaults); {} when none are declared."""
+    load_registry()
+    out: dict[str, Any] = {}
+    for table in (JOINT_METHODS, SAMPLE_PRUNERS, TOKEN_PRUNERS):
+        cls = table.get(method)
+        check = getattr(cls, "check_options", None)
+        if callable(check):
+            out.update(check({}))
+        elif cls is not None:
+            out.update(getattr(cls, "option_defaults", None) or {})
+    return out
+
+
+def describe_variant(name: str, config: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+    """``(base method, {option: value})``: the registered method a config method
+    name runs and the options in which it differs from that base method's own
+    run in the same config (``method_options`` of the base, then the base's
+    declared defaults).  Tables show a variant's row under its base method with
+    these options.  For a pair the keys are ``<pruner>.<option>``; a name
+    without variants gives ``(name, {})``.
+
+    >>> cfg = {"variants": {"ppl_lowest": {"method": "ppl", "options": {"drop": "lowest"}}},
+    ...        "method_options": {}}
+    >>> describe_variant("random+ppl_lowest", cfg)
+    ('random+ppl', {'ppl.drop': 'lowest'})
+    """
+    variants = config.get("variants") or {}
+    method_options = config.get("method_options") or {}
+    resolved = resolve_method(name, variants)
+    differing: dict[str, Any] = {}
+    for role, written in resolved.parts.items():
+        variant = resolved.variants.get(written)
+        if variant is None:
+            continue
+        base = {**default_options(variant.method), **dict(method_options.get(variant.method) or {})}
+        prefix = "" if role == "joint" or len(resolved.parts) == 1 else f"{variant.method}."
+        for option, value in variant.options.items():
+            if option not in base or base[option] != value:
+                differing[f"{prefix}{option}"] = value
+    return resolved.base, differing

@@ -150,7 +150,8 @@ def set_up(cfg: Mapping[str, Any], out_dir: Path, state_dir: Path, base_model: s
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-    method = build_method(run["method"], Budget(float(run["r_s"]), float(run["r_t"])), cfg.get("method_options", {}), seed)
+    method = build_method(run["method"], Budget(float(run["r_s"]), float(run["r_t"])), cfg.get("method_options", {}), seed,
+                          variants=cfg.get("variants"))
     check_model_path(base_model)
     if reference_model is not None:
         check_model_path(reference_model)
@@ -166,9 +167,9 @@ def set_up(cfg: Mapping[str, Any], out_dir: Path, state_dir: Path, base_model: s
         fsdp_tools.shard_model(model)
     model.train()
     required = method.required_stats
-    ref = load_model(reference_model, entry, device).eval() if "ref_nll" in required else None
     if "ref_nll" in required and reference_model is None:
         raise ValueError(f"method {run['method']!r} needs a reference model (models.{entry['name']}.reference)")
+    ref = load_model(reference_model, entry, device).eval() if "ref_nll" in required else None
     frozen_base = load_model(base_model, entry, device).eval() if "base_nll" in required else None
     total_steps, first_plan = _plan_steps(tcfg, method, info, len(examples), world)
     optimizer = make_optimizer(model, float(tcfg["lr"]), float(tcfg["weight_decay"]))

@@ -12,7 +12,7 @@ if str(REPO) not in sys.path:
 
 import qtbench
 from qtbench import config as qconfig
-from qtbench.methods.registry import parse_method, required_stats, SAMPLE_PRUNERS
+from qtbench.methods.registry import parse_method, pruner_options, required_stats, resolve_method, SAMPLE_PRUNERS
 
 # `--configfile` merges mappings key by key, so a config that names its own models
 # (config/paper.yaml) would also inherit the default's `tiny` world model: models
@@ -95,6 +95,14 @@ def sft_data_input():
 
 def reference_data_path():
     return config["data"]["reference_source"] or f"{R}/world/reference.jsonl"
+
+
+def reference_data_input():
+    """The reference split as a file input: the world's, or a local file; a
+    Hugging Face data set id (e.g. the SFT set itself, for a reference model
+    that is an SFT'd copy of the base) is no file and is loaded by the job."""
+    path = reference_data_path()
+    return [path] if not config["data"]["reference_source"] or Path(path).exists() else []
 
 
 def tasks_dir():

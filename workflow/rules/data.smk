@@ -60,12 +60,13 @@ def reference_run_config(model):
 rule reference_model:
     input:
         base=lambda wc: base_model_input(wc.model),
-        data=reference_data_path(),
+        data=reference_data_input(),
     output:
         directory(f"{R}/models/{{model}}/reference"),
     params:
         run_config=lambda wc: as_arg(reference_run_config(wc.model)),
         base=lambda wc: base_model_path(wc.model),
+        data=reference_data_path(),
     threads: config["train"]["threads"]
     resources:
         gpu=job_gpus("reference_model"),
@@ -75,7 +76,7 @@ rule reference_model:
         "../../environment.yml"
     shell:
         "{ON_GPUS} {resources.gpu} -- {QTBENCH_CMD} train --run-config {params.run_config} --base-model {params.base} "
-        "--data {input.data} --out {output} > {log} 2>&1"
+        "--data {params.data} --out {output} > {log} 2>&1"
 
 
 rule static_scores:
@@ -87,7 +88,8 @@ rule static_scores:
     params:
         model=lambda wc: base_model_path(wc.model),
         data=sft_data_path(),
-        options=lambda wc: as_arg(config["method_options"].get(wc.sample_method, {})),
+        method=lambda wc: pruner_options(wc.sample_method, config["method_options"], config["variants"])[0],
+        options=lambda wc: as_arg(pruner_options(wc.sample_method, config["method_options"], config["variants"])[1]),
         entry=lambda wc: as_arg(model_entry(wc.model)),
         data_config=as_arg(config["data"]),
         version=qtbench.__version__,
@@ -101,5 +103,5 @@ rule static_scores:
     conda:
         "../../environment.yml"
     shell:
-        "{ON_GPUS} {resources.gpu} -- {QTBENCH_CMD} score-static --method {wildcards.sample_method} --model {params.model} "
+        "{ON_GPUS} {resources.gpu} -- {QTBENCH_CMD} score-static --method {params.method} --model {params.model} "
         "--data {params.data} --options {params.options} --model-entry {params.entry} --data-config {params.data_config} --out {output} > {log} 2>&1"

@@ -3,17 +3,20 @@
 
 def train_inputs(wildcards):
     run = run_of(wildcards)
-    spec = parse_method(run.method)
+    resolved = resolve_method(run.method, config["variants"])
+    spec = resolved.spec
     inputs = {"base": base_model_input(run.model), "data": sft_data_input()}
     if spec.sample != "none" and SAMPLE_PRUNERS[spec.sample].static:
-        inputs["static"] = f"{R}/static/{run.model}/{spec.sample}.json"
+        # named as written: a variant of a static pruner scores with its own options
+        inputs["static"] = f"{R}/static/{run.model}/{resolved.parts['sample']}.json"
     if needs_reference(run) and not config["models"][run.model]["reference"]:
         inputs["reference"] = f"{R}/models/{run.model}/reference"
     return inputs
 
 
 def needs_reference(run):
-    return "ref_nll" in required_stats(run.method)
+    """Read from the classes and the run's options (e.g. q_tuning's token_scorer: rho1)."""
+    return "ref_nll" in required_stats(run.method, config["method_options"], config["variants"])
 
 
 def train_extra_args(wildcards, input):
