@@ -8,19 +8,27 @@ decisions; :mod:`qtbench.report.runs`).  Outputs, under
 (booktabs) and ``.html`` (for the Snakemake report):
 
 * ``long``        one row per (run, task, metric): value and stderr - the raw data;
-* ``comparison``  one row per run (and base model): each task's primary metric in
-  percent, their average ``avg`` and the run's effective budget;
+* ``comparison``  one row per run group (and base model): each task's primary
+  metric in percent and their average ``avg`` with intervals, the paired
+  differences vs full data and vs random+random, the effective budget;
 * ``main``        the paper's main table: one block per model x total budget, rows
-  grouped (zero-shot, full data, sample-level, token-level, sample + token), columns
-  the tasks, ``avg`` and the relative change vs full data; mean +- std over seeds;
-* ``budget``      each method x budget: average score and the effective budget
-  (samples and response tokens that carried loss, training FLOPs vs full data);
+  grouped (zero-shot, full data, sample-level, token-level, sample + token,
+  controls), columns the nominal and effective budgets, the tasks and ``avg``
+  (mean over seeds [95% interval]) and the paired differences;
+* ``budget``      each method x budget: average score with its interval, the paired
+  differences and the effective budget (samples and response tokens that carried
+  loss, training FLOPs vs full data), flagged where it strays from the nominal one;
 * ``noise_recall``, ``noise_quadrants`` (:mod:`qtbench.report.noise`) when the world's
   ground truth is given;
 * ``paper_reference`` the paper's reported numbers, kept beside ours.
 
 and, under ``results/<experiment>/plots/``, :mod:`qtbench.report.plots`.  The
 definitions behind the numbers are in :mod:`qtbench.report.tables`.
+
+Every evaluation record needs its per-item file (``<record>.items.jsonl``,
+:mod:`qtbench.report.items`): the intervals and paired differences are computed
+from the items.  A record without one stops the step with an error that names
+the file and the command that rebuilds it.
 """
 
 from __future__ import annotations
@@ -31,19 +39,26 @@ from typing import Any, Iterable, Mapping
 import pandas as pd
 
 from qtbench.report import noise, plots
+from qtbench.report.intervals import N_RESAMPLES
 from qtbench.report.render import TABLE_FORMATS, write_table
 from qtbench.report.runs import effective_budget_table, load_eval_records, load_runs
 from qtbench.report.tables import (
-    BUDGET_NOTE,
-    MAIN_NOTE,
+    COMPARISONS,
+    EFFECTIVE_PCT,
     REL_CHANGE,
     budget_table,
     comparison_table,
+    group_table,
+    intervals_table,
     long_table,
     main_table,
     paper_reference_table,
+    resolvable,
     runs_table,
+    table_note,
+    task_metrics,
     write_budget_table,
+    write_comparison_table,
     write_main_table,
 )
 
@@ -58,54 +73,82 @@ def table_files() -> list[str]:
 
 def aggregate(eval_paths: Iterable[str | Path], tasks: list[dict[str, Any]], out_dir: str | Path, *,
               run_dirs: Iterable[str | Path] = (), world_meta: str | Path | None = None,
-              plots_dir: str | Path | None = None, eu_epoch: int = -1) -> dict[str, pd.DataFrame]:
+              plots_dir: str | Path | None = None, eu_epoch: int = -1, variants: Mapping[str, Any] | None = None,
+              method_options: Mapping[str, Any] | None = None, n_resamples: int = N_RESAMPLES,
+              bootstrap_seed: int = 0) -> dict[str, pd.DataFrame]:
     """Write every table (:data:`TABLE_STEMS` x :data:`TABLE_FORMATS`) under
     ``out_dir`` and, with ``plots_dir``, every plot (:mod:`qtbench.report.plots`).
+
+    ``variants`` and ``method_options`` are the config's sections of those names:
+    they resolve variants to their base methods and fill the tables' options
+    column (the options that differ, which InfoBatch form).  ``n_resamples`` and
+    ``bootstrap_seed`` fix the bootstrap of every interval (config
+    ``report.bootstrap_resamples``), so a rerun writes the same tables.
 
     ``run_dirs`` are checkpoint folders (effective budget, traces, per-sample
     decisions); ``world_meta`` the world's ``sft_meta.jsonl`` (noise recall,
     ground-truth markers); ``eu_epoch`` the epoch drawn on the EU plane (negative:
     counted from the last, -1 = the last epoch of the trace).
-    Returns the tables by stem (``runs`` too: one row per run with its effective budget)."""
+    Returns the tables by stem (``runs`` too: one row per run with its effective
+    budget; ``intervals``: every interval, one row per run group and task)."""
     out_dir = Path(out_dir)
+    eval_paths = [Path(p) for p in eval_paths]
     records = load_eval_records(eval_paths)
+    record_paths = _record_paths(records, eval_paths)
     frame = long_table(records)
     names = [t["name"] for t in tasks]
     chosen = {t["name"]: t["metric"] for t in tasks if t.get("metric")}
     wide = comparison_table(frame, names, chosen)
     artifacts = load_runs(run_dirs)
     effective = effective_budget_table(artifacts)
-    runs = runs_table(wide, effective)
-    main = main_table(runs, names)
-    budget = budget_table(runs)
+    runs = runs_table(wide, effective, variants=variants, method_options=method_options)
+    intervals = intervals_table(runs, record_paths, task_metrics(frame, names, chosen), n_resamples=n_resamples,
+                                seed=bootstrap_seed)
+    main = main_table(runs, names, intervals)
+    budget = budget_table(runs, intervals)
+    groups = group_table(runs, names, intervals)
+    note = {kind: table_note(kind, resolvable(intervals), n_resamples) for kind in ("main", "budget", "comparison")}
     meta = noise.load_meta(world_meta) if world_meta else None
     recall = noise.noise_recall_table(artifacts, meta) if meta is not None else noise.empty_recall()
     quadrants = noise.quadrant_table(artifacts, meta) if meta is not None else noise.empty_quadrants()
 
     write_table(frame, out_dir / "long")
-    display = runs.drop(columns=["r_s", "r_t", "total_budget", "family", "group"])
-    write_table(display, out_dir / "comparison", bold_best=[*names, "avg"])
-    write_main_table(main, names, out_dir / "main", MAIN_NOTE)
-    write_budget_table(budget, out_dir / "budget", BUDGET_NOTE)
+    write_comparison_table(groups, names, out_dir / "comparison", note["comparison"])
+    write_main_table(main, names, out_dir / "main", note["main"])
+    write_budget_table(budget, out_dir / "budget", note["budget"])
     noise.write_recall_table(recall, out_dir / "noise_recall", has_truth=meta is not None,
                              has_samples=any(a.samples is not None for a in artifacts))
     noise.write_quadrant_table(quadrants, out_dir / "noise_quadrants")
     reference = paper_reference_table()
     write_table(reference, out_dir / "paper_reference",
                 note="The paper's reported numbers (OpenCompass, real models): a reference, not comparable in absolute terms.")
-    tables = {"long": frame, "comparison": wide, "runs": runs, "main": main, "budget": budget,
+    tables = {"long": frame, "comparison": groups, "runs": runs, "intervals": intervals, "main": main, "budget": budget,
               "noise_recall": recall, "noise_quadrants": quadrants, "paper_reference": reference}
     if plots_dir is not None:
         plots.plot_all(runs, artifacts, plots_dir, meta=meta, recall=recall, eu_epoch=eu_epoch)
     return tables
 
 
+def _record_paths(records: list[Mapping[str, Any]], paths: list[Path]) -> dict[str, Path]:
+    """Run id -> its evaluation record's path (a run id given twice is an error naming both files)."""
+    out: dict[str, Path] = {}
+    for record, path in zip(records, paths):
+        run_id = (record.get("meta") or {}).get("run_id")
+        if run_id is None:
+            raise ValueError(f"{path}: the evaluation record has no meta.run_id")
+        if run_id in out:
+            raise ValueError(f"run {run_id!r} has two evaluation records: {out[run_id]} and {path}")
+        out[str(run_id)] = path
+    return out
+
+
 def log_results(tracker: Any, tables: Mapping[str, pd.DataFrame], plot_files: Iterable[str | Path] = ()) -> None:
     """Log the tables and plots to a W&B summary run (``qtbench.tracking.Tracker``):
-    ``tables/<stem>`` as ``wandb.Table`` (the main table wide: one row per block
-    and method, ``mean ± std`` cells), ``plots/<name>`` as images (PNG only), and
-    per block and method the average score as a summary value
-    ``avg/<model>/<total budget>/<method>/<budget>``."""
+    ``tables/<stem>`` as ``wandb.Table`` (the main table wide, :func:`main_wide`:
+    one row per block and method with the means, intervals, paired differences
+    and effective budgets; the budget and comparison tables carry the same
+    columns), ``plots/<name>`` as images (PNG only), and per block and method the
+    average score as a summary value ``avg/<model>/<total budget>/<method>/<budget>``."""
     for stem, frame in tables.items():
         if stem == "main" and not frame.empty:
             frame = main_wide(frame)
@@ -123,15 +166,32 @@ def log_results(tracker: Any, tables: Mapping[str, pd.DataFrame], plot_files: It
 
 
 def main_wide(main: pd.DataFrame) -> pd.DataFrame:
-    """The tidy main table as one row per (block, method): ``<column>`` means and
-    ``<column>_std`` stds (plain numbers, for W&B and notebooks)."""
-    keys = ["model", "total_budget", "group", "method", "budget", "n_seeds"]
+    """The tidy main table as one row per (block, method), plain numbers for W&B
+    and notebooks: ``<column>`` means, ``<column>_std`` stds and
+    ``<column>_low`` / ``<column>_high`` intervals (tasks and ``avg``), the paired
+    differences of ``avg`` (``delta_<name>``, ``_low``, ``_high``,
+    ``_significant``), the options and the effective budget with its flag."""
+    keys = ["model", "total_budget", "group", "method", "options", "budget", "n_seeds"]
     columns = list(dict.fromkeys(main["column"]))
     rows = []
     for key, part in main.groupby(keys, sort=False, dropna=False):
         values = part.set_index("column")
         row = dict(zip(keys, key))
         row.update({c: float(values.loc[c, "mean"]) for c in columns})
-        row.update({f"{c}_std": float(values.loc[c, "std"]) for c in columns if c != REL_CHANGE})
+        for c in columns:
+            if c == REL_CHANGE:
+                continue
+            row[f"{c}_std"] = float(values.loc[c, "std"])
+            row[f"{c}_low"] = float(values.loc[c, "low"])
+            row[f"{c}_high"] = float(values.loc[c, "high"])
+        if "avg" in values.index:
+            avg = values.loc["avg"]
+            for name in COMPARISONS:
+                for suffix in ("", "_low", "_high"):
+                    row[f"delta_{name}{suffix}"] = float(avg[f"delta_{name}{suffix}"])
+                flag = avg[f"delta_{name}_significant"]
+                row[f"delta_{name}_significant"] = None if flag is None or pd.isna(flag) else bool(flag)
+            for c in EFFECTIVE_PCT:
+                row[c] = bool(avg[c]) if c == "budget_flag" else float(avg[c])
         rows.append(row)
     return pd.DataFrame(rows)

@@ -38,7 +38,8 @@ def to_markdown(frame: pd.DataFrame, floatfmt: str = ".2f", align: Sequence[str]
 def latex_escape(text: Any) -> str:
     """``text`` with LaTeX's special characters (and ``×``, ``Δ``) escaped."""
     return (str(text).replace("\\", r"\textbackslash{}").replace("_", r"\_").replace("%", r"\%").replace("&", r"\&")
-            .replace("#", r"\#").replace("×", r"$\times$").replace("Δ", r"$\Delta$"))
+            .replace("#", r"\#").replace("×", r"$\times$").replace("Δ", r"$\Delta$")
+            .replace("†", r"\textsuperscript{\dag}").replace("±", r"$\pm$").replace("−", "-").replace("≥", r"$\geq$"))
 
 
 def to_latex(frame: pd.DataFrame, floatfmt: str = ".2f", bold: Mapping[str, Any] | None = None,
@@ -96,10 +97,34 @@ td.num{{text-align:right}} p.note{{color:#555;max-width:60em}}</style></head>
 """
 
 
-def html_page(title: str, body: str, note: str | None = None) -> str:
-    """A standalone page around table ``body`` (the Snakemake report shows it as is)."""
+def html_page(title: str, body: str, note: str | None = None, footnotes: Sequence[str] = ()) -> str:
+    """A standalone page around table ``body`` (the Snakemake report shows it as is);
+    ``note`` above the table (its caption), ``footnotes`` below it."""
     note_html = f'<p class="note">{html.escape(note)}</p>\n' if note else ""
-    return HTML_PAGE.format(title=html.escape(title), body=note_html + body)
+    foot_html = "".join(f'<p class="note">{html.escape(line)}</p>\n' for line in footnotes)
+    return HTML_PAGE.format(title=html.escape(title), body=note_html + body + foot_html)
+
+
+def latex_float(tabular: str, caption: str | None = None, footnotes: Sequence[str] = ()) -> str:
+    """A ``table`` float around a tabular: ``caption`` (escaped) above, ``footnotes``
+    (escaped, one paragraph each, small type) below."""
+    lines = [r"\begin{table}[t]", r"\centering"]
+    if caption:
+        lines.append(rf"\caption{{{latex_escape(caption)}}}")
+    lines.append(tabular.rstrip("\n"))
+    if footnotes:
+        lines.append(r"\par\smallskip{\footnotesize " + r" \\ ".join(latex_escape(f) for f in footnotes) + "}")
+    lines.append(r"\end{table}")
+    return "\n".join(lines) + "\n"
+
+
+def markdown_block(table: str, caption: str | None = None, footnotes: Sequence[str] = ()) -> str:
+    """A Markdown table with its caption above and footnotes below (blank-line separated)."""
+    parts = [caption] if caption else []
+    parts.append(table.rstrip("\n"))
+    if footnotes:
+        parts.append("\n".join(f"{line}  " for line in footnotes).rstrip())
+    return "\n\n".join(parts) + "\n"
 
 
 def write_table(frame: pd.DataFrame, stem: Path, bold_best: Iterable[str] = (), note: str | None = None) -> list[Path]:
@@ -128,6 +153,36 @@ def format_mean_std(mean: float, std: float, fmt: str = ".2f", pm: str = " ± ")
         return ""
     text = format(float(mean), fmt)
     return text if std is None or pd.isna(std) else f"{text}{pm}{format(float(std), fmt)}"
+
+
+def format_interval(mean: float, low: float, high: float, fmt: str = ".2f", bound_fmt: str = ".1f") -> str:
+    """``"12.34 [11.0, 13.6]"``: a mean and its interval; the mean alone when the
+    interval is missing, ``""`` for a missing mean."""
+    if mean is None or pd.isna(mean):
+        return ""
+    text = format(float(mean), fmt)
+    if low is None or high is None or pd.isna(low) or pd.isna(high):
+        return text
+    return f"{text} [{format(float(low), bound_fmt)}, {format(float(high), bound_fmt)}]"
+
+
+def format_signed(value: float, fmt: str = ".2f") -> str:
+    """``"+1.25"`` / ``"-1.25"``; a value that rounds to zero reads ``+0.00``, never ``-0.00``."""
+    digits = int(fmt.strip(".f") or 0)
+    return format(round(float(value), digits) + 0.0, "+" + fmt)
+
+
+def format_delta(delta: float, low: float, high: float, significant: Any, fmt: str = ".2f", bound_fmt: str = ".1f",
+                 mark: str = "*") -> str:
+    """``"+1.23 [-0.4, +2.9] *"``: a paired difference, its interval and ``mark`` when
+    the interval excludes 0; ``""`` for a missing difference."""
+    if delta is None or pd.isna(delta):
+        return ""
+    text = format_signed(delta, fmt)
+    if low is not None and high is not None and not pd.isna(low) and not pd.isna(high):
+        text += f" [{format_signed(low, bound_fmt)}, {format_signed(high, bound_fmt)}]"
+    flagged = isinstance(significant, (bool,)) or type(significant).__name__ == "bool_"
+    return text + (f" {mark}" if flagged and bool(significant) else "")
 
 
 def format_change(value: float) -> str:

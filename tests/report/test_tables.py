@@ -25,6 +25,34 @@ from qtbench.report.tables import (
 )
 
 
+#: Items per task in the fabricated per-item files: every score below is a multiple of 1 / N_ITEMS.
+N_ITEMS = 100
+
+
+def items_rows(rec, n_items=N_ITEMS):
+    """Per-item rows reproducing a record's scores: for a metric scored v, the
+    first round(v * n) documents score 1, the rest 0 (every task and metric)."""
+    by_doc = {}
+    for task, metrics in rec["scores"].items():
+        for key, score in metrics.items():
+            name, _, filt = key.partition(",")
+            ones = round(score["value"] * n_items)
+            assert abs(ones / n_items - score["value"]) < 1e-12, (task, key)
+            for doc in range(n_items):
+                by_doc.setdefault((task, filt, doc), {})[name] = 1.0 if doc < ones else 0.0
+    return [{"task": t, "doc_id": d, "filter": f, "metrics": m} for (t, f, d), m in by_doc.items()]
+
+
+def write_record(path: Path, rec, items=True, rows=None) -> Path:
+    """An evaluation record and (unless ``items`` is false) its per-item file beside it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(rec))
+    if items:
+        rows = items_rows(rec) if rows is None else rows
+        path.with_name(path.name[:-len(".json")] + ".items.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
 def record(run_id, method, scores, budget="s0.25-t0.5", seed=0, model="tiny"):
     return {"meta": {"run_id": run_id, "model": model, "method": method, "budget": budget, "seed": seed},
             "scores": {task: {metric: {"value": v, "stderr": None} for metric, v in metrics.items()}
@@ -146,9 +174,8 @@ def build_experiment(root: Path, trace_for=None, world_meta=None) -> dict:
     trace_for = trace_for or {}
     for method, budget, seed, arc, gsm in RUNS:
         path = root / "evals" / f"{method}-{budget}-{seed}.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(record(f"tiny/{method}/{budget}/seed{seed}", method, two_task(arc, gsm), budget, seed)))
-        evals.append(path)
+        evals.append(write_record(path, record(f"tiny/{method}/{budget}/seed{seed}", method, two_task(arc, gsm), budget,
+                                               seed)))
         extra, trace = None, None
         if (method, seed) in EFFECTIVE and not (method == "q_tuning" and budget == "s0.5-t0.5"):
             s, t, f = EFFECTIVE[(method, seed)]
@@ -161,9 +188,7 @@ def build_experiment(root: Path, trace_for=None, world_meta=None) -> dict:
             trace = Q_TRACE
         trace = trace_for.get((method, budget, seed), trace)
         run_dirs.append(write_run(root, method, budget, seed, summary_extra=extra, trace=trace))
-    base = root / "evals" / "base.json"
-    base.write_text(json.dumps(BASE))
-    evals.append(base)
+    evals.append(write_record(root / "evals" / "base.json", BASE))
     meta_path = None
     if world_meta is not None:
         meta_path = root / "world" / "sft_meta.jsonl"
@@ -296,11 +321,7 @@ def test_budget_table_numbers(experiment, tmp_path):
 
 
 def test_aggregate_writes_all_formats(tmp_path):
-    paths = []
-    for i, rec in enumerate(RECORDS):
-        path = tmp_path / f"{i}.json"
-        path.write_text(json.dumps(rec))
-        paths.append(path)
+    paths = [write_record(tmp_path / f"{i}.json", rec) for i, rec in enumerate(RECORDS)]
     aggregate(paths, [{"name": "arc"}, {"name": "gsm"}], tmp_path / "tables")  # the old signature still works
     for stem in TABLE_STEMS:
         for ext in TABLE_FORMATS:
