@@ -99,7 +99,9 @@ def cmd_aggregate(args: argparse.Namespace) -> None:
     from qtbench.report.plots import plot_files
 
     tables = aggregate(args.evals, args.tasks, args.out, run_dirs=args.runs, world_meta=args.world_meta,
-                       plots_dir=args.plots, eu_epoch=args.eu_epoch)
+                       plots_dir=args.plots, eu_epoch=args.eu_epoch, variants=args.variants,
+                       method_options=args.method_options, n_resamples=args.bootstrap_resamples,
+                       bootstrap_seed=args.bootstrap_seed)
     print((Path(args.out) / "main.md").read_text())
     if args.wandb is not None:
         tracker = tracking.start_run(args.wandb, name=f"{args.experiment}/summary", group=args.experiment,
@@ -213,6 +215,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--world-meta", help="the world's sft_meta.jsonl (ground truth: noise recall, EU-plane markers)")
     p.add_argument("--plots", help="plots folder (PNG + PDF); no plots without it")
     p.add_argument("--eu-epoch", type=int, default=-1, help="the epoch the EU-plane plot shows (-1: the last)")
+    p.add_argument("--variants", type=_json, default={},
+                   help="the config's variants (JSON): rows of a variant sit under their base method with its options")
+    p.add_argument("--method-options", type=_json, default={},
+                   help="the config's method_options (JSON): the options a variant differs in, the InfoBatch form")
+    p.add_argument("--bootstrap-resamples", type=int, default=2000,
+                   help="bootstrap replicates of every interval (config report.bootstrap_resamples; default 2000)")
+    p.add_argument("--bootstrap-seed", type=int, default=0,
+                   help="random seed of the bootstrap (config report.bootstrap_seed; default 0)")
     p.add_argument("--wandb", type=_json)
     p.add_argument("--wandb-dir")
     p.add_argument("--experiment", default="qtbench")

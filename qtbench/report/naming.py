@@ -109,7 +109,7 @@ def infobatch_form(method: str, method_options: Mapping[str, Any] | None = None,
                    variants: Mapping[str, Any] | None = None) -> str:
     """Which InfoBatch a run used: ``"budget forced"`` (the Q-Tuning authors'
     code: exactly ``int(r_s N)`` records every epoch, ``budget_forced: true``),
-    ``"InfoBatch paper"`` (the InfoBatch paper's own form: prune a share of the
+    ``"paper form"`` (the InfoBatch paper's own form: prune a share of the
     well-learned records, annealed), or ``""`` when the method does not use InfoBatch."""
     try:
         resolved = resolve_method(method, variants)
@@ -120,7 +120,7 @@ def infobatch_form(method: str, method_options: Mapping[str, Any] | None = None,
         variant = resolved.variants.get(written)
         if (variant.method if variant else written) == "infobatch":
             forced = {**default_options("infobatch"), **options.get(role, {})}.get("budget_forced", False)
-            return "budget forced" if forced else "InfoBatch paper"
+            return "budget forced" if forced else "paper form"
     return ""
 
 

@@ -24,7 +24,7 @@ def test_row_family_is_the_registry_family_plus_base_and_other():
 def test_pairs_and_joint_methods_share_the_bottom_group():
     assert [method_group(m) for m in ("base", "full", "random", "random+rho1", "q_tuning", "gone")] == [
         "base", "full", "sample", "joint", "joint", "other"]
-    assert sorted(GROUP_RANK, key=GROUP_RANK.get) == ["base", "full", "sample", "token", "joint", "other"]
+    assert sorted(GROUP_RANK, key=GROUP_RANK.get) == ["base", "full", "sample", "token", "joint", "controls", "other"]
 
 
 def test_budget_strings_are_exact_decimals():

@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from qtbench.paper_numbers import ablation_reference
 from qtbench.report.aggregate import TABLE_STEMS, aggregate, log_results, main_wide, table_files
 from qtbench.report.naming import budget_label, percent, split_budget
 from qtbench.report.render import TABLE_FORMATS, format_mean_std, to_latex, to_markdown
@@ -265,21 +266,42 @@ def test_main_table_numbers(experiment, tmp_path):
 
 def test_main_table_renderings(experiment, tmp_path):
     out = tmp_path / "tables"
-    aggregate(experiment["evals"], TASKS, out, run_dirs=experiment["runs"])
+    tables = aggregate(experiment["evals"], TASKS, out, run_dirs=experiment["runs"])
+    main = tables["main"]
+
+    def shown(method, column, budget="s0.25-t0.5"):
+        r = cell(main, method, column, budget)
+        return f"{r['mean']:.2f} [{r['low']:.1f}, {r['high']:.1f}]"
+
     md = (out / "main.md").read_text()
     assert "### tiny, total budget 12.5% (r_s × r_t)" in md
-    assert "| Zero-shot | base |  | 90.00 | 5.00 | 47.50 | +35.71 |" in md
-    assert "| Full data | full | 100%×100% | 55.00 ± 7.07 | 15.00 ± 7.07 | 35.00 ± 7.07 | +0.00 |" in md
-    assert ("| Sample + token | random+random | 25%×50% | 55.00 | 15.00 | 35.00 | +0.00 |") in md
-    assert ("|  | q_tuning | 25%×50% | **68.00 ± 2.83** | **30.00 ± 0.00** | **49.00 ± 1.41** | **+40.00** |") in md
-    assert "|  | rho1 |" not in md and "| Token-level | rho1 | 100%×12.5% | **68.00** |" in md
+    head = ("| Group | Method | Budget | Effective % (samples / tokens / FLOPs) | arc | gsm | Avg | Δ vs full | "
+            "Δ vs random+random |")
+    assert head in md
+    base = cell(main, "base", "avg", "")
+    assert (f"| Zero-shot | base |  |  | {shown('base', 'arc', '')} | {shown('base', 'gsm', '')} | "
+            f"{shown('base', 'avg', '')} | {base['delta_full']:+.2f} [{base['delta_full_low']:+.1f}, "
+            f"{base['delta_full_high']:+.1f}]") in md
+    assert (f"| Full data | full | 100%×100% | 100.0 / 100.0 / 100.0 | {shown('full', 'arc', 's1-t1')} | "
+            f"{shown('full', 'gsm', 's1-t1')} | {shown('full', 'avg', 's1-t1')} |  |  |") in md
+    assert shown("full", "avg", "s1-t1").startswith("35.00 [")
+    # q_tuning: best in every column (bold), two seeds' effective budget averaged
+    assert (f"|  | q_tuning | 25%×50% | 26.0 / 13.0 / 41.0 | **{shown('q_tuning', 'arc')}** | "
+            f"**{shown('q_tuning', 'gsm')}** | **{shown('q_tuning', 'avg')}** |") in md
+    assert shown("q_tuning", "avg").startswith("49.00 [")
+    # random+random's trace-only budget (no FLOPs) is 3/8 of the samples, 15/70 of the tokens: +71% over 12.5%
+    assert "| Sample + token | random+random | 25%×50% | 37.5 / 21.4 / – †1 | 55.00 [" in md
+    assert "†1 tiny, random+random 25%×50%: effective token share 21.4% vs nominal 12.5% (+71%; samples 37.5%)." in md
+    assert "|  | rho1 |" not in md and "| Token-level | rho1 | 100%×12.5% | 100.0 / 12.5 / 90.0 | **68.00 [" in md
     tex = (out / "main.tex").read_text()
-    assert r"\toprule" in tex and r"\bottomrule" in tex and r"\multicolumn{7}{l}{\textit{tiny, total budget 12.5\%" in tex
-    assert r"q\_tuning & 25\%$\times$50\% & \textbf{68.00 $\pm$ 2.83}" in tex
+    assert r"\toprule" in tex and r"\bottomrule" in tex and r"\multicolumn{9}{l}{\textit{tiny, total budget 12.5\%" in tex
+    assert r"q\_tuning & 25\%$\times$50\% & 26.0 / 13.0 / 41.0 & \textbf{" + shown("q_tuning", "arc") + "}" in tex
     html = (out / "main.html").read_text()
-    assert "<b>49.00 ± 1.41</b>" in html
+    assert f"<b>{shown('q_tuning', 'avg')}</b>" in html
     tidy = pd.read_csv(out / "main.csv")
-    assert set(tidy.columns) >= {"model", "total_budget", "group", "method", "budget", "column", "mean", "std", "best"}
+    assert set(tidy.columns) >= {"model", "total_budget", "group", "method", "budget", "column", "mean", "std", "best",
+                                 "low", "high", "delta_full", "delta_full_low", "delta_full_high",
+                                 "delta_full_significant", "delta_random", "eff_tokens_pct", "budget_flag"}
     assert len(tidy) == (6 + 3) * 4  # rows x (2 tasks + avg + rel_change)
 
 
@@ -316,8 +338,13 @@ def test_budget_table_numbers(experiment, tmp_path):
     assert rho["eff_samples_pct"] == pytest.approx(100.0) and rho["eff_tokens_pct"] == pytest.approx(12.5)
     # ordered by total budget: full (1) last, the 25 % q_tuning before it
     assert list(budget.total_budget) == ["0.125"] * 4 + ["0.25", "1"]
+    assert q["avg_low"] < 49.0 < q["avg_high"]
     md = (tmp_path / "tables" / "budget.md").read_text()
-    assert "| tiny | Sample + token | q_tuning | 25%×50% | 12.5% | 2 | 49.00 ± 1.41 | 26.0 | 13.0 | 41.0 | 2 |" in md
+    delta_full = f"{q['delta_full']:+.2f} [{q['delta_full_low']:+.1f}, {q['delta_full_high']:+.1f}]"
+    assert q["delta_full"] == pytest.approx(14.0) and q["delta_random"] == pytest.approx(14.0)
+    assert (f"| tiny | Sample + token | q_tuning | 25%×50% | 12.5% | 2 | 49.00 [{q['avg_low']:.1f}, {q['avg_high']:.1f}] | "
+            f"{delta_full}") in md
+    assert "| 26.0 | 13.0 | 41.0 | 2 |" in md
 
 
 def test_aggregate_writes_all_formats(tmp_path):
@@ -348,11 +375,16 @@ def test_truncated_trace_is_named(tmp_path):
 
 
 def test_paper_reference_relative_change():
-    table = paper_reference_table().set_index(["setting", "model", "method"])
+    table = paper_reference_table().set_index(["setting", "model", "method", "budget"])
     # the paper's headline "+38%": SmolLM2-1.7B, 12.87 / 9.31 - 1
-    assert table.loc[("MathInstruct", "SmolLM2-1.7B", "q_tuning"), "rel_change"] == pytest.approx(38.24, abs=0.01)
-    assert table.loc[("WizardLM", "LLaMA2-7B", "q_tuning"), "rel_change"] == pytest.approx((37.74 / 35.36 - 1) * 100)
-    assert len(table) == len(PAPER_REFERENCE)
+    assert table.loc[("MathInstruct", "SmolLM2-1.7B", "q_tuning", "25%×50%"), "rel_change"] == pytest.approx(38.24, abs=0.01)
+    assert (table.loc[("WizardLM", "LLaMA2-7B", "q_tuning", "12.5%×50%"), "rel_change"]
+            == pytest.approx((37.74 / 35.36 - 1) * 100))
+    # the ablation rows (averages only), relative to the main table's full-data row of the same model
+    row = table.loc[("WizardLM", "Mistral-7B", "q_tuning_l0", "25%×50%")]
+    assert row["source"] == "ablation" and row["avg"] == 45.92
+    assert row["rel_change"] == pytest.approx((45.92 / 45.84 - 1) * 100)
+    assert len(table) == len(PAPER_REFERENCE) + len(ablation_reference())
 
 
 def test_runs_table_and_display_without_runs(tmp_path):

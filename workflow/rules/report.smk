@@ -67,6 +67,10 @@ rule aggregate:
         plots=f"{R}/plots",
         meta=lambda wc, input: f"--world-meta {shlex.quote(input.meta[0])}" if input.meta else "",
         eu_epoch=EU_EPOCH,
+        variants=as_arg(config.get("variants") or {}),
+        method_options=as_arg(config.get("method_options") or {}),
+        resamples=config["report"]["bootstrap_resamples"],
+        bootstrap_seed=config["report"]["bootstrap_seed"],
         wandb=as_arg(config["wandb"]),
         wandb_dir=f"{R}/wandb",
         version=qtbench.__version__,
@@ -76,5 +80,7 @@ rule aggregate:
         "../../environment.yml"
     shell:
         "{QTBENCH} aggregate --evals {input.evals} --runs {input.runs} {params.meta} --tasks {params.tasks} "
-        "--out {params.out} --plots {params.plots} --eu-epoch {params.eu_epoch} "
+        "--out {params.out} --plots {params.plots} --eu-epoch {params.eu_epoch} --variants {params.variants} "
+        "--method-options {params.method_options} --bootstrap-resamples {params.resamples} "
+        "--bootstrap-seed {params.bootstrap_seed} "
         "--wandb {params.wandb} --wandb-dir {params.wandb_dir} --experiment {EXP} > {log} 2>&1"
