@@ -121,7 +121,10 @@ def aggregate(eval_paths: Iterable[str | Path], tasks: list[dict[str, Any]], out
     noise.write_quadrant_table(quadrants, out_dir / "noise_quadrants")
     reference = paper_reference_table()
     write_table(reference, out_dir / "paper_reference",
-                note="The paper's reported numbers (OpenCompass, real models): a reference, not comparable in absolute terms.")
+                note="The paper's reported numbers (OpenCompass, real models): its main and reasoning tables "
+                     "(source main) and its ablations' averages (source ablation; method = the variant in "
+                     "config/paper_ablations.yaml that reproduces the row). A reference, not comparable in "
+                     "absolute terms.")
     tables = {"long": frame, "comparison": groups, "runs": runs, "intervals": intervals, "main": main, "budget": budget,
               "noise_recall": recall, "noise_quadrants": quadrants, "paper_reference": reference}
     if plots_dir is not None:
