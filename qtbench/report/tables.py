@@ -57,9 +57,10 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 import pandas as pd
 
-from qtbench.io import write_text_atomic
+from qtbench.io import read_json, write_text_atomic
 from qtbench.paper_numbers import ablation_reference
 from qtbench.report.intervals import AVG, N_RESAMPLES, interval_table, resolvable_caption, resolvable_difference
+from qtbench.report.items import read_items, rebuild_hint
 from qtbench.report.naming import (
     GROUP_LABEL,
     GROUP_RANK,
@@ -218,27 +219,65 @@ def task_metrics(frame: pd.DataFrame, tasks: list[str], chosen: Mapping[str, str
 def item_groups(runs: pd.DataFrame, record_paths: Mapping[str, str | Path],
                 metrics: Mapping[str, str]) -> dict[tuple[str, str, str], dict[str, pd.DataFrame]]:
     """Per run group (:func:`group_key`), per task, the (seeds x doc ids) per-item
-    scores in points read from each record's items file
-    (:func:`qtbench.report.compare.item_scores`, which checks that the items
-    reproduce the record's score).  ``record_paths`` maps a run id to its
-    evaluation record.  A record without its items file raises
-    :class:`qtbench.report.items.MissingItemsError` naming the file and the
-    command that rebuilds it: no row leaves a table silently."""
-    from qtbench.report.compare import item_scores
+    scores in points, the input of :mod:`qtbench.report.intervals`.
 
+    ``record_paths`` maps a run id to its evaluation record; each record's items
+    file is read (:func:`record_item_scores`).  A record without its items file
+    raises :class:`qtbench.report.items.MissingItemsError` naming the file and
+    the command that rebuilds it: no row leaves a table silently.  The seeds of a
+    group must have been scored on the same items."""
     out: dict[tuple[str, str, str], dict[str, pd.DataFrame]] = {}
     for (model, method, budget), part in runs.groupby(["model", "method", "group_budget"], sort=False):
         key = group_key(model, method, budget)
-        records: dict[int, Path] = {}
+        per_seed: dict[int, dict[str, pd.Series]] = {}
+        paths: dict[int, Path] = {}
         for run_id, seed in zip(part["run_id"], part["seed"]):
             if run_id not in record_paths:
                 raise KeyError(f"run {run_id!r} has no evaluation record path")
             seed = 0 if seed is None or pd.isna(seed) else int(seed)
-            if seed in records:
-                raise ValueError(f"run group {key}: seed {seed} has two evaluation records, {records[seed]} and "
+            if seed in paths:
+                raise ValueError(f"run group {key}: seed {seed} has two evaluation records, {paths[seed]} and "
                                  f"{record_paths[run_id]}")
-            records[seed] = Path(record_paths[run_id])
-        out[key] = item_scores(records, metrics, label=f"{method}@{budget or 'base'}:{model}")
+            paths[seed] = Path(record_paths[run_id])
+            per_seed[seed] = record_item_scores(paths[seed], metrics)
+        scores = {}
+        for task in metrics:
+            frame = pd.DataFrame({seed: items[task] for seed, items in per_seed.items()}).T
+            if frame.isna().any().any():
+                counts = {str(paths[seed]): len(items[task]) for seed, items in per_seed.items()}
+                raise ValueError(f"run group {method}@{budget or 'base'}:{model}: its seeds' records were not scored "
+                                 f"on the same items of task {task!r} (items per record: {counts})")
+            scores[task] = frame
+        out[key] = scores
+    return out
+
+
+#: Tolerance (points) between the mean of a record's items and its score.
+SCORE_TOLERANCE = 1e-6
+
+
+def record_item_scores(path: str | Path, metrics: Mapping[str, str]) -> dict[str, pd.Series]:
+    """Per task, one record's per-item values of its metric in points (index: doc id),
+    checked against the record's score: a metric that is not a mean over items, or
+    an items file from another evaluation, is refused with the file named."""
+    path = Path(path)
+    record = read_json(path)
+    items = read_items(path)
+    out = {}
+    for task, metric in metrics.items():
+        score = (record.get("scores") or {}).get(task, {}).get(metric)
+        if score is None:
+            raise ValueError(f"{path}: no score for task {task!r}, metric {metric!r}")
+        values = items.loc[(items["task"] == task) & (items["metric"] == metric)].set_index("doc_id")["value"]
+        if values.empty:
+            raise ValueError(f"{path}: its items file has no rows for task {task!r}, metric {metric!r}")
+        values = values.sort_index() * 100.0
+        if abs(values.mean() - float(score["value"]) * 100.0) > SCORE_TOLERANCE:
+            raise ValueError(f"{path}: task {task!r}, metric {metric!r}: the mean over its {len(values)} items is "
+                             f"{values.mean():.6f} points but the record says {float(score['value']) * 100.0:.6f}; "
+                             f"either the metric is not a mean over items (choose another with eval.tasks[].metric) "
+                             f"or the items file comes from another evaluation ({rebuild_hint(path)})")
+        out[task] = values.rename(None)
     return out
 
 

@@ -248,3 +248,13 @@ def test_row_options_infobatch_form_and_controls_group(oracle):
     assert registry.uses_ground_truth("oracle") and registry.uses_ground_truth("oracle+rho1")
     assert not registry.uses_ground_truth("random+random") and not registry.uses_ground_truth("q_tuning")
     assert row_group("oracle") == "controls" and row_group("q_tuning_l0", VARIANTS) == "joint"
+
+
+def test_items_that_do_not_reproduce_the_score_are_refused(tmp_path, oracle):
+    experiment = build(tmp_path)
+    record_path = experiment["evals"][0]  # full, seed 0: arc [1, 0] scored 0.5
+    items = record_path.with_name(record_path.name.replace(".json", ".items.jsonl"))
+    items.write_text(items.read_text().replace('"acc": 0.0', '"acc": 1.0'))
+    with pytest.raises(ValueError, match=r"full-0\.json: task 'arc', metric 'acc,none': the mean over its 2 items is "
+                                         r"100\.000000 points but the record says 50\.000000"):
+        aggregate(experiment["evals"], TASKS, tmp_path / "tables", run_dirs=experiment["runs"], variants=VARIANTS)
