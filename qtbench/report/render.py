@@ -9,6 +9,7 @@ leaves no half-written table).  Numbers are formatted here and only here:
 from __future__ import annotations
 
 import html
+import re
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -36,10 +37,12 @@ def to_markdown(frame: pd.DataFrame, floatfmt: str = ".2f", align: Sequence[str]
 
 
 def latex_escape(text: Any) -> str:
-    """``text`` with LaTeX's special characters (and ``×``, ``Δ``) escaped."""
-    return (str(text).replace("\\", r"\textbackslash{}").replace("_", r"\_").replace("%", r"\%").replace("&", r"\&")
+    """``text`` with LaTeX's special characters escaped, and ``×``, ``Δ``, ``±``, ``−``, ``≥`` and a
+    footnote mark ``†n`` (a superscript dagger and number) written in LaTeX."""
+    text = re.sub(r"†(\d*)", "\x00\\1\x01", str(text))  # a footnote mark: superscript dagger and number
+    return (text.replace("\\", r"\textbackslash{}").replace("_", r"\_").replace("%", r"\%").replace("&", r"\&")
             .replace("#", r"\#").replace("×", r"$\times$").replace("Δ", r"$\Delta$")
-            .replace("†", r"\textsuperscript{\dag}").replace("±", r"$\pm$").replace("−", "-").replace("≥", r"$\geq$"))
+            .replace("\x00", r"\textsuperscript{\dag{}").replace("\x01", "}").replace("±", r"$\pm$").replace("−", "-").replace("≥", r"$\geq$"))
 
 
 def to_latex(frame: pd.DataFrame, floatfmt: str = ".2f", bold: Mapping[str, Any] | None = None,

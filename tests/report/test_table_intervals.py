@@ -180,7 +180,7 @@ def test_effective_budget_flag(tables):
     assert "| 25.0 / 15.0 / 30.0 †1 |" in md and f"†1 {note}" in md
     assert "| 25.0 / 13.8 / 30.0 |" in md  # random+random: not flagged
     assert f"†1 {note}" in (out / "main.html").read_text()
-    assert r"\textsuperscript{\dag}1 tiny, q\_tuning 25\%$\times$50\%: effective token share 15.0\% vs nominal 12.5\% (+20\%" \
+    assert r"\textsuperscript{\dag{}1} tiny, q\_tuning 25\%$\times$50\%: effective token share 15.0\% vs nominal 12.5\% (+20\%" \
         in (out / "main.tex").read_text()
     assert "| 15.0 †1 |" in (out / "budget.md").read_text()
     budget = pd.read_csv(out / "budget.csv").set_index("method")
