@@ -109,8 +109,8 @@ def aggregate(eval_paths: Iterable[str | Path], tasks: list[dict[str, Any]], out
     groups = group_table(runs, names, intervals)
     note = {kind: table_note(kind, resolvable(intervals), n_resamples) for kind in ("main", "budget", "comparison")}
     meta = noise.load_meta(world_meta) if world_meta else None
-    recall = noise.noise_recall_table(artifacts, meta) if meta is not None else noise.empty_recall()
-    quadrants = noise.quadrant_table(artifacts, meta) if meta is not None else noise.empty_quadrants()
+    recall = noise.noise_recall_table(artifacts, meta, variants) if meta is not None else noise.empty_recall()
+    quadrants = noise.quadrant_table(artifacts, meta, variants) if meta is not None else noise.empty_quadrants()
 
     write_table(frame, out_dir / "long")
     write_comparison_table(groups, names, out_dir / "comparison", note["comparison"])

@@ -43,12 +43,12 @@ from __future__ import annotations
 import math
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import pandas as pd
 
 from qtbench.io import write_text_atomic
-from qtbench.report.naming import GROUP_RANK, family_group, row_family, split_budget
+from qtbench.report.naming import GROUP_RANK, row_family, row_group, split_budget
 from qtbench.report.render import TABLE_FORMATS, html_page, to_html, to_latex, to_markdown
 from qtbench.report.runs import jsonl_frame
 from qtbench.world.labels import NOISE_TYPES
@@ -139,10 +139,10 @@ def noise_recall(samples: pd.DataFrame, meta: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=columns)
 
 
-def _run_keys(run: Any) -> dict[str, Any]:
+def _run_keys(run: Any, variants: Mapping[str, Any] | None = None) -> dict[str, Any]:
     parts = split_budget(run.budget)
-    family = row_family(run.method)
-    return {"model": run.model, "group": family_group(family), "method": run.method, "budget": run.budget,
+    family = row_family(run.method, variants)
+    return {"model": run.model, "group": row_group(run.method, variants), "method": run.method, "budget": run.budget,
             "total_budget": parts[2] if parts else "", "seed": run.seed, "_family": family}
 
 
@@ -154,13 +154,14 @@ def empty_quadrants() -> pd.DataFrame:
     return pd.DataFrame(columns=QUADRANT_COLUMNS)
 
 
-def noise_recall_table(runs: Iterable[Any], meta: pd.DataFrame) -> pd.DataFrame:
+def noise_recall_table(runs: Iterable[Any], meta: pd.DataFrame, variants: Mapping[str, Any] | None = None
+                       ) -> pd.DataFrame:
     """:func:`noise_recall` of every run that has a per-sample trace and whose
     method can drop samples (:data:`RECALL_FAMILIES`; ``full`` is the base-rate
-    reference), tidy (:data:`RECALL_COLUMNS`)."""
+    reference), tidy (:data:`RECALL_COLUMNS`); ``variants`` resolve variant names."""
     parts = []
     for run in runs:
-        keys = _run_keys(run)
+        keys = _run_keys(run, variants)
         if run.samples is None or keys.pop("_family") not in RECALL_FAMILIES:
             continue
         recall = noise_recall(run.samples, meta)
@@ -201,11 +202,12 @@ def quadrant_shares_by_label(samples: pd.DataFrame, meta: pd.DataFrame) -> pd.Da
     return pd.DataFrame(rows, columns=columns)
 
 
-def quadrant_table(runs: Iterable[Any], meta: pd.DataFrame) -> pd.DataFrame:
+def quadrant_table(runs: Iterable[Any], meta: pd.DataFrame, variants: Mapping[str, Any] | None = None
+                   ) -> pd.DataFrame:
     """:func:`quadrant_shares_by_label` of every run whose trace has quadrants (Q-Tuning)."""
     parts = []
     for run in runs:
-        keys = _run_keys(run)
+        keys = _run_keys(run, variants)
         keys.pop("_family")
         table = quadrant_shares_by_label(run.samples, meta) if run.samples is not None else None
         if table is None or table.empty:
