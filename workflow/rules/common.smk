@@ -12,17 +12,21 @@ if str(REPO) not in sys.path:
 
 import qtbench
 from qtbench import config as qconfig
+from qtbench import preflight
+from qtbench import resources as qresources
 from qtbench.pruning import parse_method, SAMPLE_PRUNERS
 
 # `--configfile` merges mappings key by key, so a config that names its own models
 # (config/paper.yaml) would also inherit the default's `tiny` world model: models
 # given on the command line replace the default's instead.
-_cli_config = workflow.config_settings.overwrite_config or {}
-if "models" in _cli_config:
-    config["models"] = copy.deepcopy(_cli_config["models"])
+# (qconfig.replace_models: `qtbench validate-config` merges the same way.)
+qconfig.replace_models(config, workflow.config_settings.overwrite_config or {})
 _resolved = qconfig.validate_config(config)
 config.clear()
 config.update(_resolved)
+
+# Wrong paths, task names and GPU counts fail here, before any job has run.
+preflight.check_config(config, overwrite_resources=workflow.resource_settings.overwrite_resources)
 
 EXP = config["experiment"]
 R = f"{config['results_dir']}/{EXP}"
@@ -58,13 +62,27 @@ def run_of(wildcards):
 
 
 def job_gpus(rule, model=None):
-    """GPUs one job of ``rule`` uses: ``resources.gpus.<rule>``, for training
-    overridden per model by ``resources.train_gpus_by_model``.  (A profile's or
-    the command line's ``--set-resources <rule>:gpu=N`` overrides both.)"""
-    by_model = config["resources"]["train_gpus_by_model"]
-    if rule == "train" and model in by_model:
-        return int(by_model[model])
-    return int(config["resources"]["gpus"].get(rule, 0))
+    """GPUs one job of ``rule`` uses (its ``gpu`` resource): qtbench.resources.job_resource."""
+    return qresources.job_resource(config, "gpus", rule, model)
+
+
+def job_mem_mb(rule, model=None):
+    return qresources.job_resource(config, "mem_mb", rule, model)
+
+
+def job_runtime(rule, model=None):
+    return qresources.job_resource(config, "runtime", rule, model)
+
+
+# Settings that change no output (W&B, threads, log and checkpoint intervals)
+# reach the jobs as plain command-line words, never as `params` (the rerun
+# trigger): qtbench.config.split_run_config.  The shell commands format these
+# globals at run time; the "code" trigger sees only the `{NAME}` placeholders.
+TRAIN_SETTINGS = as_arg({"train": {k: config["train"][k] for k in ("log_every", "checkpoint_every")},
+                         "wandb": config["wandb"]})
+REFERENCE_SETTINGS = as_arg({"train": {k: config["train"][k] for k in ("log_every", "checkpoint_every")},
+                             "wandb": {**config["wandb"], "mode": "disabled"}})
+WANDB = as_arg(config["wandb"])
 
 
 def model_entry(model):

@@ -14,8 +14,13 @@ rule world:
         options=as_arg(config["world"]),
         out=f"{R}/world",
         version=qtbench.__version__,
+    resources:
+        mem_mb=job_mem_mb("world"),
+        runtime=job_runtime("world"),
     log:
         f"{R}/logs/world.log",
+    benchmark:
+        f"{R}/benchmarks/world.tsv"
     conda:
         "../../environment.yml"
     shell:
@@ -34,6 +39,9 @@ rule base_model:
         seed=config["seeds"][0],
         version=qtbench.__version__,
     threads: workflow.cores
+    resources:
+        mem_mb=lambda wc: job_mem_mb("base_model", wc.model),
+        runtime=lambda wc: job_runtime("base_model", wc.model),
     log:
         f"{R}/logs/base_model/{{model}}.log",
     benchmark:
@@ -52,9 +60,10 @@ def reference_run_config(model):
     train = dict(config["train"], epochs=config["reference"]["epochs"], max_steps=None)
     if config["reference"]["lr"]:
         train["lr"] = config["reference"]["lr"]
-    return {"experiment": EXP, "run": run, "model": model_entry(model),
-            "data": dict(config["data"], max_records=None), "train": train, "method_options": {},
-            "wandb": {**config["wandb"], "mode": "disabled"}}
+    affecting, _ = qconfig.split_run_config({"experiment": EXP, "run": run, "model": model_entry(model),
+                                             "data": dict(config["data"], max_records=None), "train": train,
+                                             "method_options": {}})
+    return affecting  # W&B (off for the reference), threads, intervals: REFERENCE_SETTINGS
 
 
 rule reference_model:
@@ -68,14 +77,18 @@ rule reference_model:
         base=lambda wc: base_model_path(wc.model),
     threads: config["train"]["threads"]
     resources:
-        gpu=job_gpus("reference_model"),
+        gpu=lambda wc: job_gpus("reference_model", wc.model),
+        mem_mb=lambda wc: job_mem_mb("reference_model", wc.model),
+        runtime=lambda wc: job_runtime("reference_model", wc.model),
     log:
         f"{R}/logs/reference_model/{{model}}.log",
+    benchmark:
+        f"{R}/benchmarks/reference_model/{{model}}.tsv"
     conda:
         "../../environment.yml"
     shell:
-        "{ON_GPUS} {resources.gpu} -- {QTBENCH_CMD} train --run-config {params.run_config} --base-model {params.base} "
-        "--data {input.data} --out {output} > {log} 2>&1"
+        "{ON_GPUS} {resources.gpu} --distributed -- {QTBENCH_CMD} train --run-config {params.run_config} --base-model {params.base} "
+        "--data {input.data} --settings {REFERENCE_SETTINGS} --threads {threads} --out {output} > {log} 2>&1"
 
 
 rule static_scores:
@@ -95,9 +108,13 @@ rule static_scores:
         sample_method="[a-z][a-z0-9_]*",
     threads: config["train"]["threads"]
     resources:
-        gpu=job_gpus("static_scores"),
+        gpu=lambda wc: job_gpus("static_scores", wc.model),
+        mem_mb=lambda wc: job_mem_mb("static_scores", wc.model),
+        runtime=lambda wc: job_runtime("static_scores", wc.model),
     log:
         f"{R}/logs/static_scores/{{model}}/{{sample_method}}.log",
+    benchmark:
+        f"{R}/benchmarks/static_scores/{{model}}/{{sample_method}}.tsv"
     conda:
         "../../environment.yml"
     shell:

@@ -65,14 +65,17 @@ rule aggregate:
         plots=f"{R}/plots",
         meta=lambda wc, input: f"--world-meta {shlex.quote(input.meta[0])}" if input.meta else "",
         eu_epoch=EU_EPOCH,
-        wandb=as_arg(config["wandb"]),
-        wandb_dir=f"{R}/wandb",
         version=qtbench.__version__,
+    resources:
+        mem_mb=job_mem_mb("aggregate"),
+        runtime=job_runtime("aggregate"),
     log:
         f"{R}/logs/aggregate.log",
+    benchmark:
+        f"{R}/benchmarks/aggregate.tsv"
     conda:
         "../../environment.yml"
     shell:
         "{QTBENCH} aggregate --evals {input.evals} --runs {input.runs} {params.meta} --tasks {params.tasks} "
         "--out {params.out} --plots {params.plots} --eu-epoch {params.eu_epoch} "
-        "--wandb {params.wandb} --wandb-dir {params.wandb_dir} --experiment {EXP} > {log} 2>&1"
+        "--wandb {WANDB} --wandb-dir {R}/wandb --experiment {EXP} > {log} 2>&1"

@@ -30,22 +30,28 @@ def train_extra_args(wildcards, input):
     return " ".join(shlex.quote(a) for a in args)
 
 
+def train_params(wildcards):
+    """The run config less what cannot change a weight (qtbench.config.split_run_config)."""
+    return as_arg(qconfig.split_run_config(qconfig.train_config(config, run_of(wildcards)))[0])
+
+
 rule train:
     input:
         unpack(train_inputs),
     output:
         directory(f"{R}/runs/{{model}}/{{method}}/{{budget}}/seed{{seed}}/checkpoint"),
     params:
-        run_config=lambda wc: as_arg(qconfig.train_config(config, run_of(wc))),
+        run_config=train_params,
         base=lambda wc: base_model_path(wc.model),
         data=sft_data_path(),
         extra=train_extra_args,
         state=f"{R}/runs/{{model}}/{{method}}/{{budget}}/seed{{seed}}/state",
-        wandb_dir=f"{R}/wandb",
         version=qtbench.__version__,
     threads: config["train"]["threads"]
     resources:
         gpu=lambda wc: job_gpus("train", wc.model),
+        mem_mb=lambda wc: job_mem_mb("train", wc.model),
+        runtime=lambda wc: job_runtime("train", wc.model),
     log:
         f"{R}/logs/train/{{model}}/{{method}}/{{budget}}/seed{{seed}}.log",
     benchmark:
@@ -54,4 +60,5 @@ rule train:
         "../../environment.yml"
     shell:
         "{ON_GPUS} {resources.gpu} --distributed -- {QTBENCH_CMD} train --run-config {params.run_config} --base-model {params.base} --data {params.data} "
-        "{params.extra} --state-dir {params.state} --wandb-dir {params.wandb_dir} --out {output} > {log} 2>&1"
+        "{params.extra} --state-dir {params.state} --settings {TRAIN_SETTINGS} --threads {threads} --wandb-dir {R}/wandb "
+        "--out {output} > {log} 2>&1"
