@@ -57,10 +57,14 @@ class TaskNotFound(ValueError):
 
 
 def lm_eval_tasks_dir() -> Path:
-    """lm-eval's built-in task folder (``lm_eval/tasks``)."""
-    import lm_eval.tasks
+    """lm-eval's built-in task folder (``lm_eval/tasks``), found without
+    importing lm-eval (seconds; the Snakefile asks at every DAG build)."""
+    from importlib.util import find_spec
 
-    return Path(lm_eval.tasks.__file__).resolve().parent
+    spec = find_spec("lm_eval")
+    if spec is None or not spec.origin:
+        raise TaskNotFound("lm-eval is not installed (pip install 'lm-eval[hf]')")
+    return Path(spec.origin).resolve().parent / "tasks"
 
 
 def needs_materializing(include_path: str | Path) -> bool:
@@ -113,6 +117,13 @@ def _cache_dir() -> Path:
     return Path(root)
 
 
+def _builtin_cache_path() -> Path:
+    version = _version("lm_eval")
+    folder = lm_eval_tasks_dir()
+    key = hashlib.sha256(f"{version}\0{folder}\0{folder.stat().st_mtime_ns}".encode()).hexdigest()[:16]
+    return _cache_dir() / f"lm_eval_tasks-{version}-{key}.json"
+
+
 def builtin_task_names() -> frozenset[str]:
     """Every name lm-eval's built-in task index knows (tasks, groups, tags).
 
@@ -123,8 +134,7 @@ def builtin_task_names() -> frozenset[str]:
 
     version = _version("lm_eval")
     folder = lm_eval_tasks_dir()
-    key = hashlib.sha256(f"{version}\0{folder}\0{folder.stat().st_mtime_ns}".encode()).hexdigest()[:16]
-    cache = _cache_dir() / f"lm_eval_tasks-{version}-{key}.json"
+    cache = _builtin_cache_path()
     try:
         return frozenset(read_json(cache)["names"])
     except (OSError, ValueError, KeyError, TypeError):
@@ -137,6 +147,35 @@ def builtin_task_names() -> frozenset[str]:
     except OSError as exc:  # a read-only home: index again next time
         log.warning("cannot cache lm-eval's task names at %s (%s)", cache, exc)
     return frozenset(names)
+
+
+#: A top-level ``task:``, ``group:`` or ``tag:`` line of a task YAML with one name.
+_NAME_LINE = re.compile(r"""^(?:task|group|tag):[ \t]*["']?([A-Za-z0-9_.\-]+)["']?[ \t]*(?:#.*)?$""", re.MULTILINE)
+
+
+def declared_builtin_names() -> frozenset[str]:
+    """Names declared on a ``task:``/``group:``/``tag:`` line of lm-eval's
+    built-in YAMLs: a text scan (about a second), not lm-eval's index (which
+    parses every YAML).  A name found here is a task lm-eval has; one not found
+    may still be (a tag list, a generated config): :func:`check_task_names`
+    then asks the exact index."""
+    found: set[str] = set()
+    for path in lm_eval_tasks_dir().rglob("*.yaml"):
+        try:
+            found.update(_NAME_LINE.findall(path.read_text(encoding="utf-8", errors="replace")))
+        except OSError:
+            continue
+    return frozenset(found)
+
+
+def _cached_builtin_names() -> frozenset[str] | None:
+    """The exact index's names when :func:`builtin_task_names` has cached them."""
+    from qtbench.io import read_json
+
+    try:
+        return frozenset(read_json(_builtin_cache_path())["names"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def local_task_names(include_path: str | Path) -> frozenset[str]:
@@ -157,6 +196,8 @@ def check_task_names(names: list[str], include_path: str | Path | None, skip_pre
     if not wanted:
         return
     known = local_task_names(include_path) if include_path else frozenset()
+    if any(n not in known for n in wanted):  # the exact index when cached, else a text scan first
+        known = known | (_cached_builtin_names() or declared_builtin_names())
     if any(n not in known for n in wanted):
         known = known | builtin_task_names()
     missing = [n for n in wanted if n not in known]

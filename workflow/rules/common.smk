@@ -14,7 +14,9 @@ import qtbench
 from qtbench import config as qconfig
 from qtbench import preflight
 from qtbench import resources as qresources
+from qtbench.plots import PLOT_FORMATS, PLOT_NAMES
 from qtbench.pruning import parse_method, SAMPLE_PRUNERS
+from qtbench.tables import TABLE_FORMATS, TABLE_STEMS
 
 # `--configfile` merges mappings key by key, so a config that names its own models
 # (config/paper.yaml) would also inherit the default's `tiny` world model: models
@@ -136,3 +138,140 @@ def table_paths():
 
 def final_outputs():
     return aggregate_outputs()  # tables and plots (report.smk)
+
+
+# --------------------------------------------------------------------------- helpers of data.smk
+
+
+def reference_run_config(model):
+    """The reference model is `full` SFT of the base model on the clean reference split."""
+    run = qconfig.RunSpec(model, "full", "1", "1", 0).as_dict()
+    run["run_id"] = f"{model}/reference"
+    train = dict(config["train"], epochs=config["reference"]["epochs"], max_steps=None)
+    if config["reference"]["lr"]:
+        train["lr"] = config["reference"]["lr"]
+    affecting, _ = qconfig.split_run_config({"experiment": EXP, "run": run, "model": model_entry(model),
+                                             "data": dict(config["data"], max_records=None), "train": train,
+                                             "method_options": {}})
+    return affecting  # W&B (off for the reference), threads, intervals: REFERENCE_SETTINGS
+
+
+# --------------------------------------------------------------------------- helpers of train.smk
+
+
+def train_inputs(wildcards):
+    run = run_of(wildcards)
+    spec = parse_method(run.method)
+    inputs = {"base": base_model_input(run.model), "data": sft_data_input()}
+    if spec.sample != "none" and SAMPLE_PRUNERS[spec.sample].static:
+        inputs["static"] = f"{R}/static/{run.model}/{spec.sample}.json"
+    if needs_reference(run) and not config["models"][run.model]["reference"]:
+        inputs["reference"] = f"{R}/models/{run.model}/reference"
+    return inputs
+
+
+def needs_reference(run):
+    from qtbench.pruning import build_method, Budget
+
+    method = build_method(run.method, Budget(float(run.r_s), float(run.r_t)), config["method_options"], run.seed)
+    return "ref_nll" in method.required_stats
+
+
+def train_extra_args(wildcards, input):
+    args = []
+    if "static" in input.keys():
+        args += ["--static-scores", input.static]
+    run = run_of(wildcards)
+    if needs_reference(run):
+        reference = config["models"][run.model]["reference"] or f"{R}/models/{run.model}/reference"
+        args += ["--reference-model", reference]
+    return " ".join(shlex.quote(a) for a in args)
+
+
+def train_params(wildcards):
+    """The run config less what cannot change a weight (qtbench.config.split_run_config)."""
+    return as_arg(qconfig.split_run_config(qconfig.train_config(config, run_of(wildcards)))[0])
+
+
+# --------------------------------------------------------------------------- helpers of evaluate.smk
+
+
+def eval_inputs(checkpoint, model):
+    """The model, and the task definitions: the world's (built by a rule) or the
+    YAML files of eval.include_path (an edited task re-evaluates, by mtime)."""
+    inputs = {"model": checkpoint}
+    folder = config["eval"]["include_path"]
+    if folder:
+        inputs["tasks"] = sorted(str(p) for p in Path(folder).rglob("*.yaml"))
+    elif USES_WORLD:
+        inputs["tasks"] = f"{R}/world/tasks"
+    return inputs
+
+
+def tasks_arg():
+    return f"--tasks-dir {shlex.quote(tasks_dir())}" if tasks_dir() else ""
+
+
+def eval_record(stem):
+    """An evaluation's record and, beside it, its per-item file (qtbench.evaluate.items_path)."""
+    return {"record": f"{stem}.json", "per_item": f"{stem}.items.jsonl"}
+
+
+def base_meta(model):
+    return {"run_id": f"{model}/base", "model": model, "method": "base", "budget": None, "seed": None}
+
+
+# --------------------------------------------------------------------------- helpers of report.smk
+
+
+#: The epoch whose samples the EU-plane plot shows (0 = the first pass; -1 = the last epoch).
+
+
+EU_EPOCH = -1
+
+
+#: Tables shown in the report (their .html), in this order; the others are files only.
+
+
+REPORT_TABLES = ("main", "budget", "noise_recall", "noise_quadrants", "comparison", "paper_reference")
+
+
+def run_dirs():
+    """The checkpoint folder of every run: train_summary.json, trace.jsonl, samples.jsonl."""
+    return [f"{R}/runs/{run.model}/{run.method}/{run.budget}/seed{run.seed}/checkpoint" for run in RUNS]
+
+
+def world_meta_input():
+    """The world's ground truth (noise and duplicate labels), when the SFT data is the world's."""
+    return [f"{R}/world/sft_meta.jsonl"] if config["data"]["source"] == "world" else []
+
+
+def report_table_paths():
+    paths = []
+    for stem in TABLE_STEMS:
+        for ext in TABLE_FORMATS:
+            path = f"{R}/tables/{stem}.{ext}"
+            if ext == "html" and stem in REPORT_TABLES:
+                path = report(path, caption=f"../report/table_{stem}.rst", category="Tables",
+                              labels={"table": stem.replace("_", " ")})
+            paths.append(path)
+    return paths
+
+
+def report_plot_paths():
+    paths = []
+    for name in PLOT_NAMES:
+        for ext in PLOT_FORMATS:
+            path = f"{R}/plots/{name}.{ext}"
+            if ext == "png":
+                path = report(path, caption=f"../report/plot_{name}.rst", category="Plots",
+                              labels={"plot": name.replace("_", " ")})
+            paths.append(path)
+    return paths
+
+
+def aggregate_outputs():
+    """Every file the aggregate rule writes (rule all can request exactly these)."""
+    return [f"{R}/tables/{stem}.{ext}" for stem in TABLE_STEMS for ext in TABLE_FORMATS] + [
+        f"{R}/plots/{name}.{ext}" for name in PLOT_NAMES for ext in PLOT_FORMATS
+    ]

@@ -1,7 +1,12 @@
 # Data and models that runs share: the synthetic world, its tiny base model,
 # the reference model of Rho-1/TokenCleaning, and cached static scores.
+# Helper functions: common.smk.
 
 
+# Lint "shell command directly uses variable QTBENCH from outside of the rule": on
+# purpose. The command prefix (this checkout and its Python) changes no output, and a
+# new environment must not rerun finished jobs. As `params` they would be a rerun
+# trigger (qtbench.config.split_run_config).
 rule world:
     output:
         sft=f"{R}/world/sft.jsonl",
@@ -12,7 +17,7 @@ rule world:
         summary=f"{R}/world/summary.json",
     params:
         options=as_arg(config["world"]),
-        out=f"{R}/world",
+        out=lambda wc, output: str(Path(output.sft).parent),
         version=qtbench.__version__,
     resources:
         mem_mb=job_mem_mb("world"),
@@ -27,6 +32,10 @@ rule world:
         "{QTBENCH} world --options {params.options} --out {params.out} > {log} 2>&1"
 
 
+# Lint "shell command directly uses variable QTBENCH from outside of the rule": on
+# purpose. The command prefix (this checkout and its Python) changes no output, and a
+# new environment must not rerun finished jobs. As `params` they would be a rerun
+# trigger (qtbench.config.split_run_config).
 rule base_model:
     input:
         corpus=f"{R}/world/corpus.txt",
@@ -35,7 +44,7 @@ rule base_model:
         directory(f"{R}/models/{{model}}/base"),
     params:
         options=as_arg(config["pretrain"]),
-        world=f"{R}/world",
+        world=lambda wc, input: str(Path(input.corpus).parent),
         seed=config["seeds"][0],
         version=qtbench.__version__,
     threads: workflow.cores
@@ -53,19 +62,11 @@ rule base_model:
         "--threads {threads} --out {output} > {log} 2>&1"
 
 
-def reference_run_config(model):
-    """The reference model is `full` SFT of the base model on the clean reference split."""
-    run = qconfig.RunSpec(model, "full", "1", "1", 0).as_dict()
-    run["run_id"] = f"{model}/reference"
-    train = dict(config["train"], epochs=config["reference"]["epochs"], max_steps=None)
-    if config["reference"]["lr"]:
-        train["lr"] = config["reference"]["lr"]
-    affecting, _ = qconfig.split_run_config({"experiment": EXP, "run": run, "model": model_entry(model),
-                                             "data": dict(config["data"], max_records=None), "train": train,
-                                             "method_options": {}})
-    return affecting  # W&B (off for the reference), threads, intervals: REFERENCE_SETTINGS
-
-
+# Lint "shell command directly uses variable ON_GPUS, QTBENCH_CMD, REFERENCE_SETTINGS
+# from outside of the rule": on purpose. The command prefix (this checkout and its
+# Python) changes no output, and a new environment must not rerun finished jobs. W&B
+# settings, threads and log/checkpoint intervals change no output. As `params` they
+# would be a rerun trigger (qtbench.config.split_run_config).
 rule reference_model:
     input:
         base=lambda wc: base_model_input(wc.model),
@@ -91,6 +92,10 @@ rule reference_model:
         "--data {input.data} --settings {REFERENCE_SETTINGS} --threads {threads} --out {output} > {log} 2>&1"
 
 
+# Lint "shell command directly uses variable ON_GPUS, QTBENCH_CMD from outside of the
+# rule": on purpose. The command prefix (this checkout and its Python) changes no
+# output, and a new environment must not rerun finished jobs. As `params` they would be
+# a rerun trigger (qtbench.config.split_run_config).
 rule static_scores:
     input:
         base=lambda wc: base_model_input(wc.model),
@@ -99,7 +104,7 @@ rule static_scores:
         f"{R}/static/{{model}}/{{sample_method}}.json",
     params:
         model=lambda wc: base_model_path(wc.model),
-        data=sft_data_path(),
+        data=lambda wc, input: shlex.quote(input.data[0] if input.data else sft_data_path()),
         options=lambda wc: as_arg(config["method_options"].get(wc.sample_method, {})),
         entry=lambda wc: as_arg(model_entry(wc.model)),
         data_config=as_arg(config["data"]),

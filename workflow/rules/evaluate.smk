@@ -1,22 +1,12 @@
 # lm-evaluation-harness on every checkpoint, and on each base model as a reference row.
+# Helper functions: common.smk.
 
 
-def eval_inputs(checkpoint, model):
-    inputs = {"model": checkpoint}
-    if tasks_dir() and USES_WORLD and not config["eval"]["include_path"]:
-        inputs["tasks"] = f"{R}/world/tasks"
-    return inputs
-
-
-def tasks_arg():
-    return f"--tasks-dir {shlex.quote(tasks_dir())}" if tasks_dir() else ""
-
-
-def eval_record(stem):
-    """An evaluation's record and, beside it, its per-item file (qtbench.evaluate.items_path)."""
-    return {"record": f"{stem}.json", "per_item": f"{stem}.items.jsonl"}
-
-
+# Lint "shell command directly uses variable ON_GPUS, QTBENCH_CMD, WANDB from outside of
+# the rule": on purpose. The command prefix (this checkout and its Python) changes no
+# output, and a new environment must not rerun finished jobs. W&B settings, threads and
+# log/checkpoint intervals change no output. As `params` they would be a rerun trigger
+# (qtbench.config.split_run_config).
 rule evaluate:
     input:
         unpack(lambda wc: eval_inputs(f"{R}/runs/{wc.model}/{wc.method}/{wc.budget}/seed{wc.seed}/checkpoint", wc.model)),
@@ -28,6 +18,8 @@ rule evaluate:
         entry=lambda wc: as_arg(model_entry(wc.model)),
         meta=lambda wc: as_arg(run_of(wc).as_dict()),
         tasks=tasks_arg(),
+        wandb_dir=f"{R}/wandb",
+        experiment=EXP,
         version=qtbench.__version__,
     threads: config["eval"]["threads"]
     resources:
@@ -42,14 +34,15 @@ rule evaluate:
         "../../environment.yml"
     shell:
         "{ON_GPUS} {resources.gpu} -- {QTBENCH_CMD} evaluate --model-path {input.model} --eval-config {params.eval_config} {params.tasks} "
-        "--model-entry {params.entry} --meta {params.meta} --threads {threads} --wandb {WANDB} --wandb-dir {R}/wandb "
-        "--experiment {EXP} --out {output.record} > {log} 2>&1"
+        "--model-entry {params.entry} --meta {params.meta} --threads {threads} --wandb {WANDB} --wandb-dir {params.wandb_dir} "
+        "--experiment {params.experiment} --out {output.record} > {log} 2>&1"
 
 
-def base_meta(model):
-    return {"run_id": f"{model}/base", "model": model, "method": "base", "budget": None, "seed": None}
-
-
+# Lint "shell command directly uses variable ON_GPUS, QTBENCH_CMD, WANDB from outside of
+# the rule": on purpose. The command prefix (this checkout and its Python) changes no
+# output, and a new environment must not rerun finished jobs. W&B settings, threads and
+# log/checkpoint intervals change no output. As `params` they would be a rerun trigger
+# (qtbench.config.split_run_config).
 rule evaluate_base:
     input:
         unpack(lambda wc: eval_inputs(base_model_input(wc.model), wc.model)),
@@ -61,6 +54,8 @@ rule evaluate_base:
         entry=lambda wc: as_arg(model_entry(wc.model)),
         meta=lambda wc: as_arg(base_meta(wc.model)),
         tasks=tasks_arg(),
+        wandb_dir=f"{R}/wandb",
+        experiment=EXP,
         version=qtbench.__version__,
     threads: config["eval"]["threads"]
     resources:
@@ -75,5 +70,5 @@ rule evaluate_base:
         "../../environment.yml"
     shell:
         "{ON_GPUS} {resources.gpu} -- {QTBENCH_CMD} evaluate --model-path {params.model} --eval-config {params.eval_config} {params.tasks} "
-        "--model-entry {params.entry} --meta {params.meta} --threads {threads} --wandb {WANDB} --wandb-dir {R}/wandb "
-        "--experiment {EXP} --out {output.record} > {log} 2>&1"
+        "--model-entry {params.entry} --meta {params.meta} --threads {threads} --wandb {WANDB} --wandb-dir {params.wandb_dir} "
+        "--experiment {params.experiment} --out {output.record} > {log} 2>&1"
