@@ -316,7 +316,29 @@ def evaluate(
     names = [t["name"] for t in eval_cfg["tasks"]]
     with usable_include_path(tasks_dir) as include:
         manager = task_manager(include, names)
-        return _evaluate(model_path, eval_cfg, out_path, manager, entry, device, meta)
+        try:
+            return _evaluate(model_path, eval_cfg, out_path, manager, entry, device, meta)
+        except BaseException:
+            drop_empty_cache(cache_folder(out_path))  # keep only answers worth resuming from
+            raise
+
+
+def drop_empty_cache(folder: Path) -> None:
+    """Remove a request-cache folder whose databases hold no answer (the job
+    failed before the model answered anything: a wrong task, missing data)."""
+    import sqlite3
+
+    if not folder.is_dir():
+        return
+    for db in folder.rglob("*.db"):
+        try:
+            with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as con:
+                tables = [row[0] for row in con.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+                if any(con.execute(f'SELECT COUNT(*) FROM "{table}"').fetchone()[0] for table in tables):
+                    return
+        except sqlite3.Error:
+            return  # unreadable: leave it to the next run's fingerprint check
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def _evaluate(model_path, eval_cfg, out_path, manager, entry, device, meta) -> dict[str, Any]:
