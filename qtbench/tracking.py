@@ -140,7 +140,8 @@ def stable_run_id(group: str, name: str, job_type: str, key: str = "") -> str:
     characters) plus a hash of all four parts, so the same job always gets the
     same id and two jobs never share one."""
     digest = hashlib.sha256("\0".join((group, name, job_type, key)).encode()).hexdigest()[:12]
-    return f"{_slug(f'{group}-{name}-{job_type}')[:50]}-{digest}"
+    readable = name if name.endswith(f"/{job_type}") else f"{name}-{job_type}"  # "tiny/base/eval" says it once
+    return f"{_slug(f'{group}-{readable}')[:50]}-{digest}"
 
 
 def start_run(

@@ -40,6 +40,7 @@ def test_run_id_follows_what_changes_the_numbers_only():
     assert tracking.config_key({"eval": {"limit": 8, "threads": 4}}) == tracking.config_key({"eval": {"limit": 8, "threads": 1}})
     # the training and the evaluation of one run are two W&B runs
     assert tracking.stable_run_id("e", "r", "train") != tracking.stable_run_id("e", "r", "eval")
+    assert tracking.stable_run_id("e", "tiny/base/eval", "eval").startswith("e-tiny-base-eval-")
 
 
 def test_init_asks_wandb_to_resume(monkeypatch):
