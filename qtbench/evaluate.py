@@ -231,10 +231,16 @@ def task_manager(include_path: str | Path | None, names: list[str]) -> Any:
 
 def model_arguments(model_path: str, eval_cfg: Mapping[str, Any], entry: Mapping[str, Any],
                     device: torch.device) -> dict[str, Any]:
-    """lm-eval's ``model_args`` for the backend (HF or vLLM)."""
+    """lm-eval's ``model_args`` for the backend (HF or vLLM).  A LoRA run's
+    adapter folder is evaluated as its base model plus the adapter (``peft`` /
+    vLLM's ``lora_local_path``), with the tokenizer saved beside the adapter."""
+    from qtbench.adapters import base_of, is_adapter_folder
+
     backend = eval_cfg.get("backend", "hf")
+    adapter = is_adapter_folder(model_path)
+    base, base_revision = base_of(model_path) if adapter else (str(model_path), None)
     model_args: dict[str, Any] = {
-        "pretrained": str(model_path),
+        "pretrained": base,
         "trust_remote_code": trust_remote_code(entry),
         "dtype": "float32" if device.type == "cpu" else ("bfloat16" if entry.get("dtype", "auto") == "auto" else entry["dtype"]),
     }
@@ -243,8 +249,14 @@ def model_arguments(model_path: str, eval_cfg: Mapping[str, Any], entry: Mapping
         model_args["use_safetensors"] = True  # never unpickle *.bin weights
     else:
         model_args["load_format"] = "safetensors"
-    if entry.get("revision") and not Path(model_path).exists():
-        model_args["revision"] = entry["revision"]
+    revision = base_revision if adapter else entry.get("revision")
+    if revision and not Path(base).exists():
+        model_args["revision"] = revision
+    if adapter and backend == "hf":
+        model_args["peft"] = str(model_path)
+        model_args["tokenizer"] = str(model_path)
+    elif adapter:
+        model_args["lora_local_path"] = str(model_path)
     if eval_cfg.get("max_length"):
         model_args["max_length"] = int(eval_cfg["max_length"])
     return model_args
@@ -389,6 +401,7 @@ def _evaluate(model_path, eval_cfg, out_path, manager, entry, device, meta) -> d
         "lm_eval": merged,
         "eval_config": dict(eval_cfg),
         "chat_template": chat,
+        "adapter": _adapter_of(model_path),
         "items_file": items_path(out_path).name,
         "versions": {"qtbench": qtbench.__version__, "lm_eval": _version("lm_eval"),
                      "transformers": _version("transformers"), "torch": torch.__version__},
@@ -402,6 +415,16 @@ def _evaluate(model_path, eval_cfg, out_path, manager, entry, device, meta) -> d
     write_json_atomic(out_path, record, default=handle_non_serializable)
     shutil.rmtree(cache, ignore_errors=True)
     return record
+
+
+def _adapter_of(model_path: str) -> dict[str, Any] | None:
+    """The base model and revision of a LoRA adapter folder, else None."""
+    from qtbench.adapters import base_of, is_adapter_folder
+
+    if not is_adapter_folder(model_path):
+        return None
+    base, revision = base_of(model_path)
+    return {"base_model": base, "revision": revision}
 
 
 def _number(value: Any) -> float | None:

@@ -49,7 +49,7 @@ import torch.nn.functional as F
 import qtbench
 from qtbench import distributed as dist_tools
 from qtbench import sharding
-from qtbench import tracking
+from qtbench import adapters, tracking
 from qtbench.data import IGNORE_INDEX, collate, tokenize_records
 from qtbench.io import atomic_directory, committed_directory, read_json, write_json_atomic
 from qtbench.models import check_model_path, count_parameters, load_model, load_tokenizer, resolve_device
@@ -190,7 +190,11 @@ def save_checkpoint(state_dir: Path, model: Any, optimizer: Any, scheduler: Any,
     plan = position.plan
     counters = position.counters
     with atomic_directory(target) as tmp:
-        if gathered is None:
+        if gathered is None and adapters.is_lora_model(model):  # the adapters only: the rest is the base model
+            from safetensors.torch import save_file
+
+            save_file(adapters.trainable_state(model), str(tmp / WEIGHTS_FILE))
+        elif gathered is None:
             save_model(model, str(tmp / WEIGHTS_FILE), force_contiguous=True)
         else:
             from safetensors.torch import save_file
@@ -431,6 +435,11 @@ def train(
 
             sharding.load_full_state_dict(model, load_file(str(ckpt_dir / WEIGHTS_FILE)))
             sharding.load_full_optimizer_state(model, optimizer, state["optimizer"])
+        elif adapters.is_lora_model(model):
+            from safetensors.torch import load_file
+
+            adapters.load_trainable_state(model, load_file(str(ckpt_dir / WEIGHTS_FILE)))
+            optimizer.load_state_dict(state["optimizer"])
         else:
             load_weights(model, str(ckpt_dir / WEIGHTS_FILE), strict=True, device=str(device))
             optimizer.load_state_dict(state["optimizer"])
@@ -525,9 +534,12 @@ def train(
         dist_tools.barrier()  # rank 0 writes the outputs
         return summary
     with atomic_directory(out_dir) as tmp:
-        final = merged_model(model) if final_weights is None else _unsharded_copy(final_weights, base_model, entry, tcfg)
-        final.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
+        if final_weights is None and adapters.saves_adapter(tcfg):  # LoRA: the adapter, not a merged copy
+            adapters.save_adapter(model, tokenizer, tmp, base_model, entry)
+        else:
+            final = merged_model(model) if final_weights is None else _unsharded_copy(final_weights, base_model, entry, tcfg)
+            final.save_pretrained(tmp, safe_serialization=True)
+            tokenizer.save_pretrained(tmp)
         shutil.copyfile(trace_path, tmp / "trace.jsonl")
         write_json_atomic(tmp / "train_summary.json", summary)
         write_json_atomic(tmp / "data_report.json", report.as_dict())
