@@ -20,6 +20,14 @@ include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"
 
 
+# Seconds of CPU: run where Snakemake runs, never queued on a cluster (aggregate
+# also reaches W&B from there: compute nodes often have no network).
+localrules:
+    all,
+    world,
+    aggregate,
+
+
 rule all:
     default_target: True
     input:

@@ -187,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def several_processes(args: argparse.Namespace, run_config: dict, run_id: str, fsdp: bool) -> dict:
     """Train ``run_config`` (Q-Tuning) with ``args.processes`` processes - on
-    GPUs through the train rule's launcher (``qtbench.distributed launch
+    GPUs through the train rule's launcher (``qtbench.launch launch
     --gpus N --distributed``), on CPU under torchrun - and compare every
     per-sample keep decision with the one-process run's trace.  On CPU they
     must all agree; in bf16 on GPUs a decision on a near tie may flip (each

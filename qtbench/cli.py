@@ -47,11 +47,23 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
     print(json.dumps(summary, indent=2, sort_keys=True))
 
 
+def with_settings(run_config: dict, settings: dict | None, threads: int | None) -> dict:
+    """The run config with the settings that change no output merged back in
+    (``--settings``: W&B, log and checkpoint intervals; ``--threads``): the
+    rules keep them out of ``params`` (qtbench.config.split_run_config)."""
+    from qtbench.config import deep_merge
+
+    cfg = deep_merge(run_config, settings or {})
+    if threads is not None:
+        cfg["train"] = {**cfg.get("train", {}), "threads": threads}
+    return cfg
+
+
 def cmd_train(args: argparse.Namespace) -> None:
     from qtbench.train.loop import train
 
     try:
-        summary = train(args.run_config, args.out, args.base_model, args.data, static_scores=args.static_scores,
+        summary = train(with_settings(args.run_config, args.settings, args.threads), args.out, args.base_model, args.data, static_scores=args.static_scores,
                         reference_model=args.reference_model, state_dir=args.state_dir, wandb_dir=args.wandb_dir,
                         progress=not args.no_progress)
     finally:
@@ -79,6 +91,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
     if Path(args.model_path).exists():
         offline_environment()
+    if args.threads is not None:
+        args.eval_config = {**args.eval_config, "threads": args.threads}
     record = evaluate(args.model_path, args.eval_config, args.out, tasks_dir=args.tasks_dir,
                       model_entry=args.model_entry, meta=args.meta)
     if args.wandb is not None and record:
@@ -109,6 +123,8 @@ def cmd_aggregate(args: argparse.Namespace) -> None:
                                      directory=args.wandb_dir)
         plots = [Path(args.plots) / name for name in plot_files()] if args.plots else []
         log_results(tracker, tables, plots)
+        tracking.log_experiment_artifacts(tracker, args.experiment, args.out, args.plots, args.runs,
+                                          checkpoints=bool(args.wandb.get("log_checkpoints")))
         tracker.finish()
 
 
@@ -139,11 +155,18 @@ def cmd_eu_plane(args: argparse.Namespace) -> None:
 
 
 def cmd_validate_config(args: argparse.Namespace) -> None:
-    from qtbench.config import expand_runs, load_config
+    """The config as ``snakemake --configfile FILE ...`` sees it (merged over
+    config/config.yaml, models replaced: qtbench.config.merge_over_default),
+    the DAG-build checks of the Snakefile (qtbench.preflight), and the runs."""
+    from qtbench.config import expand_runs, merge_over_default
+    from qtbench.preflight import check_config
 
-    config = load_config(args.config)
+    config = merge_over_default(*args.config)
+    check_config(config, skip_tasks=args.skip_tasks)
     runs = expand_runs(config)
-    print(f"{args.config}: valid; {len(runs)} training run(s)")
+    evals = len(runs) + (len(config["models"]) if config["eval"]["evaluate_base"] else 0)
+    print(f"{' '.join(args.config)}: valid (merged over config/config.yaml); {len(runs)} training run(s), "
+          f"{evals} evaluation(s)")
     for run in runs:
         print("  " + run.run_id)
 
@@ -181,6 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--static-scores")
     p.add_argument("--reference-model")
     p.add_argument("--state-dir")
+    p.add_argument("--settings", type=_json, help="settings that change no output (wandb, train.log_every, ...), merged over --run-config")
+    p.add_argument("--threads", type=int, help="torch threads of a CPU job (train.threads)")
     p.add_argument("--wandb-dir")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_train)
@@ -201,6 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tasks-dir")
     p.add_argument("--model-entry", type=_json, default={})
     p.add_argument("--meta", type=_json, default={})
+    p.add_argument("--threads", type=int, help="torch threads of a CPU job (eval.threads)")
     p.add_argument("--wandb", type=_json)
     p.add_argument("--wandb-dir")
     p.add_argument("--experiment", default="qtbench")
@@ -256,8 +282,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="CSV: index, ppl, entropy, quadrants (+ truth)")
     p.set_defaults(func=cmd_eu_plane)
 
-    p = sub.add_parser("validate-config", help="validate a config file and list its runs")
-    p.add_argument("config")
+    p = sub.add_parser("validate-config", help="validate config file(s) merged over the default, as Snakemake does, and list the runs")
+    p.add_argument("config", nargs="+", help="one or more --configfile files, merged in order")
+    p.add_argument("--skip-tasks", action="store_true", help="do not check eval task names against lm-eval's index")
     p.set_defaults(func=cmd_validate_config)
 
     p = sub.add_parser("methods", help="list registered methods")

@@ -319,3 +319,86 @@ def train_config(config: Mapping[str, Any], run: RunSpec) -> dict[str, Any]:
         out["variants"] = {name: {"method": v.method, "options": dict(v.options)}
                            for name, v in sorted(resolved.variants.items())}
     return out
+
+
+# --------------------------------------------------------------------------- rerun triggers
+
+#: Train settings that cannot change a trained weight or a recorded number: the
+#: thread count of a CPU job, how often the loss is logged and how often a
+#: resumable checkpoint is written (a resumed run continues bit for bit).  They
+#: stay out of a rule's ``params`` (Snakemake's rerun trigger) and reach the job
+#: as plain command-line settings instead.
+RUNTIME_TRAIN_KEYS = ("threads", "log_every", "checkpoint_every")
+
+#: Eval settings of the same kind: threads, and whether the base models are
+#: evaluated too (a separate job; it changes no checkpoint's record).
+RUNTIME_EVAL_KEYS = ("threads", "evaluate_base")
+
+
+def split_run_config(cfg: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Split a run config (:func:`train_config`) into what can change the run's
+    outputs and the rest (W&B, threads, log and checkpoint intervals).
+
+    The first part is the rule's ``params`` (a change retrains the run); the
+    second travels as ``--settings`` and is merged back by the CLI, so
+    ``deep_merge(*split_run_config(cfg)) == cfg``."""
+    affecting = {k: copy.deepcopy(v) for k, v in cfg.items() if k != "wandb"}
+    train = dict(cfg.get("train", {}))
+    affecting["train"] = {k: v for k, v in train.items() if k not in RUNTIME_TRAIN_KEYS}
+    settings: dict[str, Any] = {"train": {k: train[k] for k in RUNTIME_TRAIN_KEYS if k in train}}
+    if "wandb" in cfg:
+        settings["wandb"] = copy.deepcopy(cfg["wandb"])
+    return affecting, settings
+
+
+def eval_params(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The eval section less :data:`RUNTIME_EVAL_KEYS`: what an evaluation
+    record depends on (tasks, shots, limits, batch size, device, seed)."""
+    return {k: copy.deepcopy(v) for k, v in config["eval"].items() if k not in RUNTIME_EVAL_KEYS}
+
+
+# --------------------------------------------------------------------------- the merge Snakemake does
+
+
+def default_config_path() -> Path:
+    return REPO_ROOT / "config" / "config.yaml"
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """A YAML config file as a mapping, with errors that name the file."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    return data
+
+
+def replace_models(merged: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """``models`` given by the ``--configfile`` files replace the default's
+    instead of merging with them (a preset naming its own models must not also
+    train the default's ``tiny`` world model).  ``overrides`` is the merge of
+    the ``--configfile`` files alone; the Snakefile calls this with
+    ``workflow.config_settings.overwrite_config``."""
+    if "models" in overrides:
+        merged["models"] = copy.deepcopy(overrides["models"])
+    return merged
+
+
+def merge_over_default(*paths: str | Path, default: str | Path | None = None) -> dict[str, Any]:
+    """What ``snakemake --configfile A B ...`` sees, validated: the files merged
+    key by key in order, that merge over the default config, then
+    :func:`replace_models` - exactly the steps of the Snakefile."""
+    overrides: dict[str, Any] = {}
+    for path in paths:
+        overrides = deep_merge(overrides, read_config_file(path))
+    merged = deep_merge(read_config_file(default or default_config_path()), overrides)
+    replace_models(merged, overrides)
+    try:
+        return validate_config(merged)
+    except ConfigError as exc:
+        raise ConfigError(f"{', '.join(str(p) for p in paths)} (merged over the default config): {exc}") from None

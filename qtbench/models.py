@@ -55,6 +55,12 @@ def check_model_path(path: str) -> None:
     """Fail early, naming the path, when a local model folder is missing or has
     no safetensors weights (pickled ``*.bin`` weights are refused)."""
     local = Path(path).expanduser()
+    from qtbench import adapters
+
+    if adapters.is_adapter_folder(local):  # a LoRA run's output: its adapter and its base model
+        adapters.check_adapter_folder(local)
+        check_model_path(adapters.base_of(local)[0])
+        return
     if local.exists():
         if not local.is_dir():
             raise FileNotFoundError(f"model path {local} is a file; expected a save_pretrained folder")
@@ -86,6 +92,10 @@ def load_model(path: str, entry: Mapping[str, Any] | None = None, device: str | 
     entry = entry or {}
     device = resolve_device(device) if isinstance(device, str) else device
     check_model_path(path)
+    from qtbench import adapters
+
+    if adapters.is_adapter_folder(path):  # base + adapter, merged: a plain model for every caller
+        return adapters.load_merged(path, lambda base, revision: load_model(base, {**entry, "revision": revision}, device))
     model = AutoModelForCausalLM.from_pretrained(
         path,
         revision=entry.get("revision"),

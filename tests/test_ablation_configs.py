@@ -16,7 +16,7 @@ import yaml
 from qtbench.config import REPO_ROOT, deep_merge, expand_runs, validate_config
 from qtbench.methods.registry import describe_variant, required_stats
 from qtbench.paper_numbers import ablation_reference
-from qtbench.tables import budget_label
+from qtbench.report.naming import budget_label
 from tests.test_paper_grid import OFFLINE, job_counts
 
 DEFAULT = REPO_ROOT / "config" / "config.yaml"

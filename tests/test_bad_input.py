@@ -416,14 +416,18 @@ def test_wandb_online_without_network_costs_seconds_and_falls_back_to_offline(mo
 
 def test_evaluation_loads_safely(tiny_model_dir, tmp_path, monkeypatch):
     import lm_eval
+    import lm_eval.api.registry
 
     seen = []
 
-    def fake_simple_evaluate(**kwargs):
-        seen.append(kwargs["model_args"])
-        return {"results": {}}
+    class FakeLM:
+        @classmethod
+        def create_from_arg_obj(cls, model_args, additional):
+            seen.append(model_args)
+            return cls()
 
-    monkeypatch.setattr(lm_eval, "simple_evaluate", fake_simple_evaluate)
+    monkeypatch.setattr(lm_eval.api.registry, "get_model", lambda name: FakeLM)
+    monkeypatch.setattr(lm_eval, "simple_evaluate", lambda **kwargs: {"results": {}})
     tasks = write_task(tmp_path / "tasks")
     evaluate(str(tiny_model_dir), EVAL_CFG, tmp_path / "r.json", tasks_dir=tasks)
     assert seen[-1]["trust_remote_code"] is False and seen[-1]["use_safetensors"] is True

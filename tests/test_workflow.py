@@ -59,9 +59,9 @@ def test_smoke_run_end_to_end(tmp_path):
         assert summary["optimizer_steps"] == cfg["train"]["max_steps"]
         assert summary["method"] == run.method
 
-    # offline W&B: one run per training job and per evaluation, plus the summary run
+    # offline W&B: one run per training job and per evaluation (base models too), plus the summary run
     wandb_runs = list((results / "wandb" / "wandb").glob("offline-run-*"))
-    assert len(wandb_runs) == 2 * len(runs) + 1
+    assert len(wandb_runs) == 2 * len(runs) + len(cfg["models"]) + 1
     assert all(any(run_dir.glob("*.wandb")) for run_dir in wandb_runs)
 
     again = snakemake(tmp_path, "-n", "--cores", "2")

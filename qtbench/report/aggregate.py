@@ -26,7 +26,7 @@ and, under ``results/<experiment>/plots/``, :mod:`qtbench.report.plots`.  The
 definitions behind the numbers are in :mod:`qtbench.report.tables`.
 
 Every evaluation record needs its per-item file (``<record>.items.jsonl``,
-:mod:`qtbench.report.items`): the intervals and paired differences are computed
+:mod:`qtbench.items`): the intervals and paired differences are computed
 from the items.  A record without one stops the step with an error that names
 the file and the command that rebuilds it.
 """

@@ -8,7 +8,7 @@ left out when the experiment has only one.  All seeds of a group are pooled.
 
 Only finished records are read - ``<results>/<experiment>/evals/<model>/<method>/
 <budget>/seed<N>.json`` (``evals/<model>/base.json`` for ``base``) and the
-per-item file beside each (:mod:`qtbench.report.items`); nothing is trained or
+per-item file beside each (:mod:`qtbench.items`); nothing is trained or
 evaluated.  The first selector is the reference: every other group's
 difference is taken against it (``other - reference``), paired on the items,
 with the bootstrap of :mod:`qtbench.report.intervals`.
@@ -34,7 +34,7 @@ from qtbench.config import BUDGET_PATTERN, METHOD_PATTERN, MODEL_PATTERN
 from qtbench.io import read_json
 from qtbench.report.intervals import AVG, N_RESAMPLES, group_interval, paired_difference, resolvable_caption
 from qtbench.report.intervals import resolvable_difference, significance_mark
-from qtbench.report.items import read_items
+from qtbench.items import read_items
 
 #: A selector: ``method[@budget][:model]``.
 SELECTOR = re.compile(rf"(?P<method>{METHOD_PATTERN})(?:@(?P<budget>{BUDGET_PATTERN}))?(?::(?P<model>{MODEL_PATTERN}))?")

@@ -24,7 +24,7 @@ Definitions (written once, here):
 * mean and std over seeds: ``std`` is the sample standard deviation (``ddof=1``);
   with one seed it is undefined and left blank (CSV only: the displays show intervals);
 * intervals (:mod:`qtbench.report.intervals`, from each record's per-item file,
-  :mod:`qtbench.report.items`): a score is the mean over seeds with a 95% bootstrap
+  :mod:`qtbench.items`): a score is the mean over seeds with a 95% bootstrap
   interval resampling seeds and, within each task, items; ``Δ vs full`` and ``Δ vs
   random+random`` are paired differences (same items on both sides) in points with
   95% intervals, marked ``*`` when the interval excludes 0.  The reference of
@@ -60,7 +60,7 @@ import pandas as pd
 from qtbench.io import read_json, write_text_atomic
 from qtbench.paper_numbers import ablation_reference
 from qtbench.report.intervals import AVG, N_RESAMPLES, interval_table, resolvable_caption, resolvable_difference
-from qtbench.report.items import read_items, rebuild_hint
+from qtbench.items import read_items, rebuild_hint
 from qtbench.report.naming import (
     GROUP_LABEL,
     GROUP_RANK,
@@ -223,7 +223,7 @@ def item_groups(runs: pd.DataFrame, record_paths: Mapping[str, str | Path],
 
     ``record_paths`` maps a run id to its evaluation record; each record's items
     file is read (:func:`record_item_scores`).  A record without its items file
-    raises :class:`qtbench.report.items.MissingItemsError` naming the file and
+    raises :class:`qtbench.items.MissingItemsError` naming the file and
     the command that rebuilds it: no row leaves a table silently.  The seeds of a
     group must have been scored on the same items."""
     out: dict[tuple[str, str, str], dict[str, pd.DataFrame]] = {}

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 import qtbench
+from qtbench import adapters
 from qtbench.io import atomic_directory, committed_directory, read_json
 from qtbench.methods.base import EpochPlan
 from qtbench.train.step import Counters
@@ -115,7 +116,11 @@ def save_checkpoint(state_dir: Path, model: Any, optimizer: Any, scheduler: Any,
     plan = position.plan
     counters = position.counters
     with atomic_directory(target) as tmp:
-        if gathered is None:
+        if gathered is None and adapters.is_lora_model(model):  # the adapters only: the rest is the base model
+            from safetensors.torch import save_file
+
+            save_file(adapters.trainable_state(model), str(tmp / WEIGHTS_FILE))
+        elif gathered is None:
             save_model(model, str(tmp / WEIGHTS_FILE), force_contiguous=True)
         else:
             from safetensors.torch import save_file

@@ -29,7 +29,7 @@ import torch
 
 import qtbench
 from qtbench import fsdp as fsdp_tools
-from qtbench import tracking
+from qtbench import adapters, tracking
 from qtbench.data.batches import TokenizedExample, tokenize_records
 from qtbench.data.sources import LoadReport, load_sft_records
 from qtbench.io import atomic_directory, read_json, write_json_atomic
@@ -273,6 +273,9 @@ def _restore(setup: Run, ckpt_dir: Path, state: Mapping[str, Any]) -> None:
     if setup.fsdp:
         fsdp_tools.load_full_state_dict(setup.model, load_file(str(ckpt_dir / WEIGHTS_FILE)))
         fsdp_tools.load_full_optimizer_state(setup.model, setup.optimizer, state["optimizer"])
+    elif adapters.is_lora_model(setup.model):  # a LoRA checkpoint holds the trainable tensors only
+        adapters.load_trainable_state(setup.model, load_file(str(ckpt_dir / WEIGHTS_FILE)))
+        setup.optimizer.load_state_dict(state["optimizer"])
     else:
         load_weights(setup.model, str(ckpt_dir / WEIGHTS_FILE), strict=True, device=str(setup.device))
         setup.optimizer.load_state_dict(state["optimizer"])
@@ -398,10 +401,13 @@ def save_outputs(setup: Run, position: Position, tracker: Any, started: float) -
         parallel.barrier()  # rank 0 writes the outputs
         return summary
     with atomic_directory(setup.out_dir) as tmp:
-        final = (merged_model(setup.model) if final_weights is None
-                 else _unsharded_copy(final_weights, setup.base_model, setup.cfg["model"], setup.tcfg))
-        final.save_pretrained(tmp, safe_serialization=True)
-        setup.tokenizer.save_pretrained(tmp)
+        if final_weights is None and adapters.saves_adapter(setup.tcfg):  # LoRA: the adapter, not a merged copy
+            adapters.save_adapter(setup.model, setup.tokenizer, tmp, setup.base_model, setup.cfg["model"])
+        else:
+            final = (merged_model(setup.model) if final_weights is None
+                     else _unsharded_copy(final_weights, setup.base_model, setup.cfg["model"], setup.tcfg))
+            final.save_pretrained(tmp, safe_serialization=True)
+            setup.tokenizer.save_pretrained(tmp)
         shutil.copyfile(setup.state_dir / TRACE_FILE, tmp / "trace.jsonl")
         write_json_atomic(tmp / "train_summary.json", summary)
         write_json_atomic(tmp / "data_report.json", setup.report.as_dict())

@@ -41,7 +41,7 @@ from qtbench.cli import main
 from qtbench.methods import registry
 from qtbench.methods.base import SamplePruner
 from qtbench.report.aggregate import aggregate, log_results
-from qtbench.report.items import MissingItemsError
+from qtbench.items import MissingItemsError
 from qtbench.report.naming import infobatch_form, row_group, row_options
 from tests.report.test_tables import FakeTracker, write_record, write_run
 

@@ -533,6 +533,7 @@ def test_fsdp_on_two_processes_trains_like_one_and_resumes(tmp_path):
     lora = copy.deepcopy(configs[0])  # FSDP over a LoRA model: frozen and trainable weights in one unit
     lora["run"]["run_id"] += "-lora"
     lora["train"]["lora"] = {"rank": 4, "alpha": 8, "dropout": 0.0, "target": "all-linear"}
+    lora["train"]["save_merged"] = True  # compare whole models (unsharded LoRA runs save the adapter by default)
     configs.append(lora)
     for cfg in configs:
         cfg["train"].update(fsdp=True, checkpoint_every=2)

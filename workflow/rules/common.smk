@@ -12,17 +12,24 @@ if str(REPO) not in sys.path:
 
 import qtbench
 from qtbench import config as qconfig
+from qtbench import preflight
+from qtbench import resources as qresources
 from qtbench.methods.registry import parse_method, pruner_options, required_stats, resolve_method, SAMPLE_PRUNERS
+from qtbench.report.aggregate import TABLE_STEMS
+from qtbench.report.plots import PLOT_FORMATS, PLOT_NAMES
+from qtbench.report.render import TABLE_FORMATS
 
 # `--configfile` merges mappings key by key, so a config that names its own models
 # (config/paper.yaml) would also inherit the default's `tiny` world model: models
 # given on the command line replace the default's instead.
-_cli_config = workflow.config_settings.overwrite_config or {}
-if "models" in _cli_config:
-    config["models"] = copy.deepcopy(_cli_config["models"])
+# (qconfig.replace_models: `qtbench validate-config` merges the same way.)
+qconfig.replace_models(config, workflow.config_settings.overwrite_config or {})
 _resolved = qconfig.validate_config(config)
 config.clear()
 config.update(_resolved)
+
+# Wrong paths, task names and GPU counts fail here, before any job has run.
+preflight.check_config(config, overwrite_resources=workflow.resource_settings.overwrite_resources)
 
 EXP = config["experiment"]
 R = f"{config['results_dir']}/{EXP}"
@@ -58,13 +65,27 @@ def run_of(wildcards):
 
 
 def job_gpus(rule, model=None):
-    """GPUs one job of ``rule`` uses: ``resources.gpus.<rule>``, for training
-    overridden per model by ``resources.train_gpus_by_model``.  (A profile's or
-    the command line's ``--set-resources <rule>:gpu=N`` overrides both.)"""
-    by_model = config["resources"]["train_gpus_by_model"]
-    if rule == "train" and model in by_model:
-        return int(by_model[model])
-    return int(config["resources"]["gpus"].get(rule, 0))
+    """GPUs one job of ``rule`` uses (its ``gpu`` resource): qtbench.resources.job_resource."""
+    return qresources.job_resource(config, "gpus", rule, model)
+
+
+def job_mem_mb(rule, model=None):
+    return qresources.job_resource(config, "mem_mb", rule, model)
+
+
+def job_runtime(rule, model=None):
+    return qresources.job_resource(config, "runtime", rule, model)
+
+
+# Settings that change no output (W&B, threads, log and checkpoint intervals)
+# reach the jobs as plain command-line words, never as `params` (the rerun
+# trigger): qtbench.config.split_run_config.  The shell commands format these
+# globals at run time; the "code" trigger sees only the `{NAME}` placeholders.
+TRAIN_SETTINGS = as_arg({"train": {k: config["train"][k] for k in ("log_every", "checkpoint_every")},
+                         "wandb": config["wandb"]})
+REFERENCE_SETTINGS = as_arg({"train": {k: config["train"][k] for k in ("log_every", "checkpoint_every")},
+                             "wandb": {**config["wandb"], "mode": "disabled"}})
+WANDB = as_arg(config["wandb"])
 
 
 def model_entry(model):
@@ -122,3 +143,140 @@ def eval_paths():
 
 def table_paths():
     return [f"{R}/tables/{stem}.{ext}" for stem in ("comparison", "long") for ext in ("csv", "md", "tex")]
+
+
+# --------------------------------------------------------------------------- helpers of data.smk
+
+
+def reference_run_config(model):
+    """The reference model is `full` SFT of the base model on the clean reference split."""
+    run = qconfig.RunSpec(model, "full", "1", "1", 0).as_dict()
+    run["run_id"] = f"{model}/reference"
+    train = dict(config["train"], epochs=config["reference"]["epochs"], max_steps=None)
+    if config["reference"]["lr"]:
+        train["lr"] = config["reference"]["lr"]
+    affecting, _ = qconfig.split_run_config({"experiment": EXP, "run": run, "model": model_entry(model),
+                                             "data": dict(config["data"], max_records=None), "train": train,
+                                             "method_options": {}})
+    return affecting  # W&B (off for the reference), threads, intervals: REFERENCE_SETTINGS
+
+
+# --------------------------------------------------------------------------- helpers of train.smk
+
+
+def train_inputs(wildcards):
+    run = run_of(wildcards)
+    resolved = resolve_method(run.method, config["variants"])
+    spec = resolved.spec
+    inputs = {"base": base_model_input(run.model), "data": sft_data_input()}
+    if spec.sample != "none" and SAMPLE_PRUNERS[spec.sample].static:
+        # named as written: a variant of a static pruner scores with its own options
+        inputs["static"] = f"{R}/static/{run.model}/{resolved.parts['sample']}.json"
+    if needs_reference(run) and not config["models"][run.model]["reference"]:
+        inputs["reference"] = f"{R}/models/{run.model}/reference"
+    return inputs
+
+
+def needs_reference(run):
+    """Read from the classes and the run's options (e.g. q_tuning's token_scorer: rho1)."""
+    return "ref_nll" in required_stats(run.method, config["method_options"], config["variants"])
+
+
+def train_extra_args(wildcards, input):
+    args = []
+    if "static" in input.keys():
+        args += ["--static-scores", input.static]
+    run = run_of(wildcards)
+    if needs_reference(run):
+        reference = config["models"][run.model]["reference"] or f"{R}/models/{run.model}/reference"
+        args += ["--reference-model", reference]
+    return " ".join(shlex.quote(a) for a in args)
+
+
+def train_params(wildcards):
+    """The run config less what cannot change a weight (qtbench.config.split_run_config)."""
+    return as_arg(qconfig.split_run_config(qconfig.train_config(config, run_of(wildcards)))[0])
+
+
+# --------------------------------------------------------------------------- helpers of evaluate.smk
+
+
+def eval_inputs(checkpoint, model):
+    """The model, and the task definitions: the world's (built by a rule) or the
+    YAML files of eval.include_path (an edited task re-evaluates, by mtime)."""
+    inputs = {"model": checkpoint}
+    folder = config["eval"]["include_path"]
+    if folder:
+        inputs["tasks"] = sorted(str(p) for p in Path(folder).rglob("*.yaml"))
+    elif USES_WORLD:
+        inputs["tasks"] = f"{R}/world/tasks"
+    return inputs
+
+
+def tasks_arg():
+    return f"--tasks-dir {shlex.quote(tasks_dir())}" if tasks_dir() else ""
+
+
+def eval_record(stem):
+    """An evaluation's record and, beside it, its per-item file (qtbench.evaluate.items_path)."""
+    return {"record": f"{stem}.json", "per_item": f"{stem}.items.jsonl"}
+
+
+def base_meta(model):
+    return {"run_id": f"{model}/base", "model": model, "method": "base", "budget": None, "seed": None}
+
+
+# --------------------------------------------------------------------------- helpers of report.smk
+
+
+#: The epoch whose samples the EU-plane plot shows (0 = the first pass; -1 = the last epoch).
+
+
+EU_EPOCH = -1
+
+
+#: Tables shown in the report (their .html), in this order; the others are files only.
+
+
+REPORT_TABLES = ("main", "budget", "noise_recall", "noise_quadrants", "comparison", "paper_reference")
+
+
+def run_dirs():
+    """The checkpoint folder of every run: train_summary.json, trace.jsonl."""
+    return [f"{R}/runs/{run.model}/{run.method}/{run.budget}/seed{run.seed}/checkpoint" for run in RUNS]
+
+
+def world_meta_input():
+    """The world's ground truth (noise and duplicate labels), when the SFT data is the world's."""
+    return [f"{R}/world/sft_meta.jsonl"] if config["data"]["source"] == "world" else []
+
+
+def report_table_paths():
+    paths = []
+    for stem in TABLE_STEMS:
+        for ext in TABLE_FORMATS:
+            path = f"{R}/tables/{stem}.{ext}"
+            if ext == "html" and stem in REPORT_TABLES:
+                path = report(path, caption=f"../report/table_{stem}.rst", category="Tables",
+                              labels={"table": stem.replace("_", " ")})
+            paths.append(path)
+    return paths
+
+
+def report_plot_paths():
+    paths = []
+    for name in PLOT_NAMES:
+        for ext in PLOT_FORMATS:
+            path = f"{R}/plots/{name}.{ext}"
+            if ext == "png":
+                path = report(path, caption=f"../report/plot_{name}.rst", category="Plots",
+                              labels={"plot": name.replace("_", " ")})
+            paths.append(path)
+    return paths
+
+
+def aggregate_outputs():
+    """Every file the aggregate rule writes (rule all can request exactly these)."""
+    return [f"{R}/tables/{stem}.{ext}" for stem in TABLE_STEMS for ext in TABLE_FORMATS] + [
+        f"{R}/plots/{name}.{ext}" for name in PLOT_NAMES for ext in PLOT_FORMATS
+    ]

@@ -1,7 +1,12 @@
 # Data and models that runs share: the synthetic world, its tiny base model,
 # the reference model of Rho-1/TokenCleaning, and cached static scores.
+# Helper functions: common.smk.
 
 
+# Lint "shell command directly uses variable QTBENCH from outside of the rule": on
+# purpose. The command prefix (this checkout and its Python) changes no output, and a
+# new environment must not rerun finished jobs. As `params` they would be a rerun
+# trigger (qtbench.config.split_run_config).
 rule world:
     output:
         sft=f"{R}/world/sft.jsonl",
@@ -12,16 +17,25 @@ rule world:
         summary=f"{R}/world/summary.json",
     params:
         options=as_arg(config["world"]),
-        out=f"{R}/world",
+        out=lambda wc, output: str(Path(output.sft).parent),
         version=qtbench.__version__,
+    resources:
+        mem_mb=job_mem_mb("world"),
+        runtime=job_runtime("world"),
     log:
         f"{R}/logs/world.log",
+    benchmark:
+        f"{R}/benchmarks/world.tsv"
     conda:
         "../../environment.yml"
     shell:
         "{QTBENCH} world --options {params.options} --out {params.out} > {log} 2>&1"
 
 
+# Lint "shell command directly uses variable QTBENCH from outside of the rule": on
+# purpose. The command prefix (this checkout and its Python) changes no output, and a
+# new environment must not rerun finished jobs. As `params` they would be a rerun
+# trigger (qtbench.config.split_run_config).
 rule base_model:
     input:
         corpus=f"{R}/world/corpus.txt",
@@ -30,10 +44,13 @@ rule base_model:
         directory(f"{R}/models/{{model}}/base"),
     params:
         options=as_arg(config["pretrain"]),
-        world=f"{R}/world",
+        world=lambda wc, input: str(Path(input.corpus).parent),
         seed=config["seeds"][0],
         version=qtbench.__version__,
     threads: workflow.cores
+    resources:
+        mem_mb=lambda wc: job_mem_mb("base_model", wc.model),
+        runtime=lambda wc: job_runtime("base_model", wc.model),
     log:
         f"{R}/logs/base_model/{{model}}.log",
     benchmark:
@@ -45,18 +62,11 @@ rule base_model:
         "--threads {threads} --out {output} > {log} 2>&1"
 
 
-def reference_run_config(model):
-    """The reference model is `full` SFT of the base model on the clean reference split."""
-    run = qconfig.RunSpec(model, "full", "1", "1", 0).as_dict()
-    run["run_id"] = f"{model}/reference"
-    train = dict(config["train"], epochs=config["reference"]["epochs"], max_steps=None)
-    if config["reference"]["lr"]:
-        train["lr"] = config["reference"]["lr"]
-    return {"experiment": EXP, "run": run, "model": model_entry(model),
-            "data": dict(config["data"], max_records=None), "train": train, "method_options": {},
-            "wandb": {**config["wandb"], "mode": "disabled"}}
-
-
+# Lint "shell command directly uses variable ON_GPUS, QTBENCH_CMD, REFERENCE_SETTINGS
+# from outside of the rule": on purpose. The command prefix (this checkout and its
+# Python) changes no output, and a new environment must not rerun finished jobs. W&B
+# settings, threads and log/checkpoint intervals change no output. As `params` they
+# would be a rerun trigger (qtbench.config.split_run_config).
 rule reference_model:
     input:
         base=lambda wc: base_model_input(wc.model),
@@ -69,16 +79,24 @@ rule reference_model:
         data=reference_data_path(),
     threads: config["train"]["threads"]
     resources:
-        gpu=job_gpus("reference_model"),
+        gpu=lambda wc: job_gpus("reference_model", wc.model),
+        mem_mb=lambda wc: job_mem_mb("reference_model", wc.model),
+        runtime=lambda wc: job_runtime("reference_model", wc.model),
     log:
         f"{R}/logs/reference_model/{{model}}.log",
+    benchmark:
+        f"{R}/benchmarks/reference_model/{{model}}.tsv"
     conda:
         "../../environment.yml"
     shell:
-        "{ON_GPUS} {resources.gpu} -- {QTBENCH_CMD} train --run-config {params.run_config} --base-model {params.base} "
-        "--data {params.data} --out {output} > {log} 2>&1"
+        "{ON_GPUS} {resources.gpu} --distributed -- {QTBENCH_CMD} train --run-config {params.run_config} --base-model {params.base} "
+        "--data {params.data} --settings {REFERENCE_SETTINGS} --threads {threads} --out {output} > {log} 2>&1"
 
 
+# Lint "shell command directly uses variable ON_GPUS, QTBENCH_CMD from outside of the
+# rule": on purpose. The command prefix (this checkout and its Python) changes no
+# output, and a new environment must not rerun finished jobs. As `params` they would be
+# a rerun trigger (qtbench.config.split_run_config).
 rule static_scores:
     input:
         base=lambda wc: base_model_input(wc.model),
@@ -87,7 +105,7 @@ rule static_scores:
         f"{R}/static/{{model}}/{{sample_method}}.json",
     params:
         model=lambda wc: base_model_path(wc.model),
-        data=sft_data_path(),
+        data=lambda wc, input: shlex.quote(input.data[0] if input.data else sft_data_path()),
         method=lambda wc: pruner_options(wc.sample_method, config["method_options"], config["variants"])[0],
         options=lambda wc: as_arg(pruner_options(wc.sample_method, config["method_options"], config["variants"])[1]),
         entry=lambda wc: as_arg(model_entry(wc.model)),
@@ -97,9 +115,13 @@ rule static_scores:
         sample_method="[a-z][a-z0-9_]*",
     threads: config["train"]["threads"]
     resources:
-        gpu=job_gpus("static_scores"),
+        gpu=lambda wc: job_gpus("static_scores", wc.model),
+        mem_mb=lambda wc: job_mem_mb("static_scores", wc.model),
+        runtime=lambda wc: job_runtime("static_scores", wc.model),
     log:
         f"{R}/logs/static_scores/{{model}}/{{sample_method}}.log",
+    benchmark:
+        f"{R}/benchmarks/static_scores/{{model}}/{{sample_method}}.tsv"
     conda:
         "../../environment.yml"
     shell:

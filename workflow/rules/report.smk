@@ -1,81 +1,43 @@
 # Tables, plots, noise recall and the W&B summary run of an experiment.
 # `snakemake --report report.html` collects every output marked with report() below
 # (HTML tables and PNG plots, each with its caption from workflow/report/).
-from qtbench.report.aggregate import TABLE_STEMS
-from qtbench.report.plots import PLOT_FORMATS, PLOT_NAMES
-from qtbench.report.render import TABLE_FORMATS
-
-#: The epoch whose samples the EU-plane plot shows (0 = the first pass; -1 = the last epoch).
-EU_EPOCH = -1
-
-#: Tables shown in the report (their .html), in this order; the others are files only.
-REPORT_TABLES = ("main", "budget", "noise_recall", "noise_quadrants", "comparison", "paper_reference")
+# Helper functions: common.smk.
 
 
-def run_dirs():
-    """The checkpoint folder of every run: train_summary.json and trace.jsonl (whose rows
-    carry the per-sample decisions that noise recall and the EU plane read)."""
-    return [f"{R}/runs/{run.model}/{run.method}/{run.budget}/seed{run.seed}/checkpoint" for run in RUNS]
-
-
-def world_meta_input():
-    """The world's ground truth (noise and duplicate labels), when the SFT data is the world's."""
-    return [f"{R}/world/sft_meta.jsonl"] if config["data"]["source"] == "world" else []
-
-
-def report_table_paths():
-    paths = []
-    for stem in TABLE_STEMS:
-        for ext in TABLE_FORMATS:
-            path = f"{R}/tables/{stem}.{ext}"
-            if ext == "html" and stem in REPORT_TABLES:
-                path = report(path, caption=f"../report/table_{stem}.rst", category="Tables",
-                              labels={"table": stem.replace("_", " ")})
-            paths.append(path)
-    return paths
-
-
-def report_plot_paths():
-    paths = []
-    for name in PLOT_NAMES:
-        for ext in PLOT_FORMATS:
-            path = f"{R}/plots/{name}.{ext}"
-            if ext == "png":
-                path = report(path, caption=f"../report/plot_{name}.rst", category="Plots",
-                              labels={"plot": name.replace("_", " ")})
-            paths.append(path)
-    return paths
-
-
-def aggregate_outputs():
-    """Every file the aggregate rule writes (rule all can request exactly these)."""
-    return [f"{R}/tables/{stem}.{ext}" for stem in TABLE_STEMS for ext in TABLE_FORMATS] + [
-        f"{R}/plots/{name}.{ext}" for name in PLOT_NAMES for ext in PLOT_FORMATS
-    ]
-
-
+# Lint "shell command directly uses variable QTBENCH, WANDB from outside of the rule":
+# on purpose. The command prefix (this checkout and its Python) changes no output, and a
+# new environment must not rerun finished jobs. W&B settings, threads and log/checkpoint
+# intervals change no output. As `params` they would be a rerun trigger
+# (qtbench.config.split_run_config).
 rule aggregate:
     input:
         evals=eval_paths(),
+        items=[path.removesuffix(".json") + ".items.jsonl" for path in eval_paths()],  # per-item outcomes: intervals
         runs=run_dirs(),
         meta=world_meta_input(),
     output:
-        report_table_paths() + report_plot_paths(),
+        tables=report_table_paths(),
+        plots=report_plot_paths(),
     params:
         tasks=as_arg(config["eval"]["tasks"]),
-        out=f"{R}/tables",
-        plots=f"{R}/plots",
+        out=lambda wc, output: str(Path(output.tables[0]).parent),
+        plots=lambda wc, output: str(Path(output.plots[0]).parent),
         meta=lambda wc, input: f"--world-meta {shlex.quote(input.meta[0])}" if input.meta else "",
         eu_epoch=EU_EPOCH,
         variants=as_arg(config.get("variants") or {}),
         method_options=as_arg(config.get("method_options") or {}),
         resamples=config["report"]["bootstrap_resamples"],
         bootstrap_seed=config["report"]["bootstrap_seed"],
-        wandb=as_arg(config["wandb"]),
         wandb_dir=f"{R}/wandb",
+        experiment=EXP,
         version=qtbench.__version__,
+    resources:
+        mem_mb=job_mem_mb("aggregate"),
+        runtime=job_runtime("aggregate"),
     log:
         f"{R}/logs/aggregate.log",
+    benchmark:
+        f"{R}/benchmarks/aggregate.tsv"
     conda:
         "../../environment.yml"
     shell:
@@ -83,4 +45,4 @@ rule aggregate:
         "--out {params.out} --plots {params.plots} --eu-epoch {params.eu_epoch} --variants {params.variants} "
         "--method-options {params.method_options} --bootstrap-resamples {params.resamples} "
         "--bootstrap-seed {params.bootstrap_seed} "
-        "--wandb {params.wandb} --wandb-dir {params.wandb_dir} --experiment {EXP} > {log} 2>&1"
+        "--wandb {WANDB} --wandb-dir {params.wandb_dir} --experiment {params.experiment} > {log} 2>&1"

@@ -1,42 +1,19 @@
 # One training job per run: model x method x (r_s, r_t) x seed.
+# Helper functions: common.smk.
 
 
-def train_inputs(wildcards):
-    run = run_of(wildcards)
-    resolved = resolve_method(run.method, config["variants"])
-    spec = resolved.spec
-    inputs = {"base": base_model_input(run.model), "data": sft_data_input()}
-    if spec.sample != "none" and SAMPLE_PRUNERS[spec.sample].static:
-        # named as written: a variant of a static pruner scores with its own options
-        inputs["static"] = f"{R}/static/{run.model}/{resolved.parts['sample']}.json"
-    if needs_reference(run) and not config["models"][run.model]["reference"]:
-        inputs["reference"] = f"{R}/models/{run.model}/reference"
-    return inputs
-
-
-def needs_reference(run):
-    """Read from the classes and the run's options (e.g. q_tuning's token_scorer: rho1)."""
-    return "ref_nll" in required_stats(run.method, config["method_options"], config["variants"])
-
-
-def train_extra_args(wildcards, input):
-    args = []
-    if "static" in input.keys():
-        args += ["--static-scores", input.static]
-    run = run_of(wildcards)
-    if needs_reference(run):
-        reference = config["models"][run.model]["reference"] or f"{R}/models/{run.model}/reference"
-        args += ["--reference-model", reference]
-    return " ".join(shlex.quote(a) for a in args)
-
-
+# Lint "shell command directly uses variable ON_GPUS, QTBENCH_CMD, TRAIN_SETTINGS from
+# outside of the rule": on purpose. The command prefix (this checkout and its Python)
+# changes no output, and a new environment must not rerun finished jobs. W&B settings,
+# threads and log/checkpoint intervals change no output. As `params` they would be a
+# rerun trigger (qtbench.config.split_run_config).
 rule train:
     input:
         unpack(train_inputs),
     output:
         directory(f"{R}/runs/{{model}}/{{method}}/{{budget}}/seed{{seed}}/checkpoint"),
     params:
-        run_config=lambda wc: as_arg(qconfig.train_config(config, run_of(wc))),
+        run_config=train_params,
         base=lambda wc: base_model_path(wc.model),
         data=sft_data_path(),
         extra=train_extra_args,
@@ -46,6 +23,8 @@ rule train:
     threads: config["train"]["threads"]
     resources:
         gpu=lambda wc: job_gpus("train", wc.model),
+        mem_mb=lambda wc: job_mem_mb("train", wc.model),
+        runtime=lambda wc: job_runtime("train", wc.model),
     log:
         f"{R}/logs/train/{{model}}/{{method}}/{{budget}}/seed{{seed}}.log",
     benchmark:
@@ -54,4 +33,5 @@ rule train:
         "../../environment.yml"
     shell:
         "{ON_GPUS} {resources.gpu} --distributed -- {QTBENCH_CMD} train --run-config {params.run_config} --base-model {params.base} --data {params.data} "
-        "{params.extra} --state-dir {params.state} --wandb-dir {params.wandb_dir} --out {output} > {log} 2>&1"
+        "{params.extra} --state-dir {params.state} --settings {TRAIN_SETTINGS} --threads {threads} --wandb-dir {params.wandb_dir} "
+        "--out {output} > {log} 2>&1"

@@ -7,7 +7,9 @@ per-document metric values that lm-eval computes before aggregating them::
     {"task": "world_arc_easy", "doc_id": 17, "filter": "none", "metrics": {"acc": 1.0, "acc_norm": 0.0}}
 
 Two checkpoints evaluated on the same tasks then share ``doc_id`` s, so their
-scores can be compared item by item (:mod:`qtbench.report.intervals`).
+scores can be compared item by item (:mod:`qtbench.report.intervals`).  The
+evaluation writes them (:func:`items_from_samples`, :func:`write_items`), the
+report reads them (:func:`read_items`).
 
 Only metrics whose per-document value is a number are kept: a task's score is
 then the mean of its items' values (lm-eval's ``mean`` aggregation).  Metrics
@@ -73,7 +75,8 @@ def rebuild_hint(eval_path: str | Path) -> str:
             f"or delete {record} and run snakemake again")
 
 
-def items_from_samples(samples: Mapping[str, Iterable[Mapping[str, Any]]]) -> list[dict[str, Any]]:
+def items_from_samples(samples: Mapping[str, Iterable[Mapping[str, Any]]], generations: bool = False
+                       ) -> list[dict[str, Any]]:
     """Rows of an items file from ``lm_eval.simple_evaluate(..., log_samples=True)["samples"]``.
 
     ``samples`` maps each task name to lm-eval's logged samples: dicts with
@@ -82,7 +85,8 @@ def items_from_samples(samples: Mapping[str, Iterable[Mapping[str, Any]]]) -> li
     ``[{"task", "doc_id", "filter", "metrics": {name: value}}]`` sorted by task,
     filter and doc id, values as floats (booleans become 0/1).  Per-document
     values that are not numbers (arguments to corpus-level aggregations) are
-    left out; documents, prompts and generations are never copied.  Concatenate
+    left out; documents and prompts are never copied, generations only with
+    ``generations`` (``"response"``: the filtered response(s)).  Concatenate
     the rows of several ``simple_evaluate`` calls (one per shot count) freely:
     their tasks differ."""
     rows = []
@@ -101,8 +105,12 @@ def items_from_samples(samples: Mapping[str, Iterable[Mapping[str, Any]]]) -> li
                 value = _number(sample.get(name))
                 if value is not None:
                     metrics[str(name)] = value
-            rows.append({"task": str(task), "doc_id": int(sample["doc_id"]), "filter": str(sample["filter"]),
-                         "metrics": metrics})
+            row = {"task": str(task), "doc_id": int(sample["doc_id"]), "filter": str(sample["filter"]),
+                   "metrics": metrics}
+            if generations:
+                resps = sample.get("filtered_resps")
+                row["response"] = resps[0] if isinstance(resps, list) and len(resps) == 1 else resps
+            rows.append(row)
     rows.sort(key=lambda r: (r["task"], r["filter"], r["doc_id"]))
     return rows
 

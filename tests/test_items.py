@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from qtbench.report.items import (
+from qtbench.items import (
     ITEM_COLUMNS,
     MissingItemsError,
     eval_record_path,

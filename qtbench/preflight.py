@@ -1,0 +1,95 @@
+"""Checks that run when the Snakefile builds its DAG (and in ``qtbench
+validate-config``), so that a wrong path or task name fails before any job has
+spent a GPU-hour: local data files, local model folders, lm-eval task names
+(resolved against lm-eval's index, cached: qtbench.evaluate.builtin_task_names)
+and FSDP runs with fewer than two GPUs.  Each error names the config key.
+
+Relative paths are read from the working directory, as the jobs read them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping
+
+from qtbench.config import ConfigError, expand_runs, uses_world
+from qtbench.models import looks_local
+
+#: Suffixes that make a data source a file (a Hugging Face data set id has none).
+DATA_SUFFIXES = (".json", ".jsonl", ".parquet", ".csv", ".arrow")
+
+
+def _local_data(source: str) -> bool:
+    return Path(source).exists() or looks_local(source) or source.endswith(DATA_SUFFIXES)
+
+
+def check_data(config: Mapping[str, Any], reference_needed: bool) -> None:
+    """``data.source`` (and ``data.reference_source`` when a reference model is
+    trained) exist when they name local files."""
+    keys = ["source"] + (["reference_source"] if reference_needed else [])
+    for key in keys:
+        source = config["data"].get(key)
+        if not source or source == "world":
+            continue
+        if _local_data(source) and not Path(source).is_file():
+            where = f" (relative to the working directory {Path.cwd()})" if not Path(source).is_absolute() else ""
+            raise ConfigError(f"config key 'data.{key}': file {source} does not exist{where}")
+
+
+def check_models(config: Mapping[str, Any]) -> None:
+    """Every local model folder (``models.<m>.path`` / ``.reference``) exists
+    and holds a config.json and safetensors weights; hub ids are not checked."""
+    from qtbench.models import check_model_path
+
+    for name, entry in config["models"].items():
+        for key in ("path", "reference"):
+            path = entry.get(key)
+            if not path or path == "world":
+                continue
+            if Path(path).expanduser().exists() or looks_local(path):
+                try:
+                    check_model_path(path)
+                except FileNotFoundError as exc:
+                    raise ConfigError(f"config key 'models.{name}.{key}': {exc}") from None
+
+
+def check_tasks(config: Mapping[str, Any]) -> None:
+    """Every ``eval.tasks`` name is a task lm-eval will find (built-in, or in
+    ``eval.include_path``); the world's ``world_*`` tasks are built by a rule
+    and checked when they exist."""
+    from qtbench.evaluate import TaskNotFound, check_task_names
+
+    include = config["eval"].get("include_path")
+    if include and not Path(include).is_dir():
+        raise ConfigError(f"config key 'eval.include_path': folder {include} does not exist")
+    names = [task["name"] for task in config["eval"]["tasks"]]
+    skip = "world_" if uses_world(config) and not include else None
+    try:
+        check_task_names(names, include, skip_prefix=skip)
+    except TaskNotFound as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def models_needing_reference(config: Mapping[str, Any]) -> dict[str, bool]:
+    """Per model: does a run of its grid need a reference model fine-tuned by
+    the reference_model rule (Rho-1, TokenCleaning with ``reference: null``)?"""
+    from qtbench.methods.registry import required_stats
+
+    out = {model: False for model in config["models"]}
+    for run in expand_runs(config):
+        if not out[run.model] and not config["models"][run.model].get("reference"):
+            out[run.model] = "ref_nll" in required_stats(run.method, config["method_options"], config.get("variants"))
+    return out
+
+
+def check_config(config: Mapping[str, Any], *, skip_tasks: bool = False,
+                 overwrite_resources: Mapping[str, Mapping[str, Any]] | None = None) -> None:
+    """All DAG-build checks of a validated config (raises :class:`ConfigError`)."""
+    from qtbench.resources import check_fsdp_gpus
+
+    reference = models_needing_reference(config)
+    check_data(config, any(reference.values()))
+    check_models(config)
+    check_fsdp_gpus(config, reference, overwrite_resources)
+    if not skip_tasks:
+        check_tasks(config)
