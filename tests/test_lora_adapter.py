@@ -16,7 +16,7 @@ from qtbench import train as train_mod
 from qtbench.models import load_model
 from qtbench.train.loop import train
 from tests.test_evaluate_once import EVAL, counted, write_tasks  # noqa: F401 - fixture
-from tests.test_train import run_config
+from tests.train.test_loop import run_config
 
 LORA = {"rank": 4, "alpha": 8, "dropout": 0.0, "target": "all-linear"}
 

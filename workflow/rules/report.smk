@@ -12,7 +12,7 @@
 rule aggregate:
     input:
         evals=eval_paths(),
-        items=[path.removesuffix(".json") + ".items.jsonl" for path in eval_paths()],  # per-item outcomes: intervals
+        per_item=[path.removesuffix(".json") + ".items.jsonl" for path in eval_paths()],  # per-item outcomes: intervals
         runs=run_dirs(),
         meta=world_meta_input(),
     output:
