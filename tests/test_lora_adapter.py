@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from qtbench import adapters
-from qtbench import train as train_mod
+import qtbench.train.loop as train_mod
+from qtbench.train.checkpoint import WEIGHTS_FILE
 from qtbench.models import load_model
 from qtbench.train.loop import train
 from tests.test_evaluate_once import EVAL, counted, write_tasks  # noqa: F401 - fixture
@@ -94,7 +95,7 @@ def test_resume_checkpoints_of_a_lora_run_hold_only_the_adapter(runs, tmp_path, 
         patch.setattr(train_mod, "write_json_atomic", disk_full)
         with pytest.raises(OSError):
             train(cfg, out, str(runs["base"]), str(runs["data"]), state_dir=state, progress=False)
-    saved = load_file(str(state / "checkpoint" / train_mod.WEIGHTS_FILE))
+    saved = load_file(str(state / "checkpoint" / WEIGHTS_FILE))
     assert saved and all("lora_" in name for name in saved)
     assert sum(t.numel() for t in saved.values()) == 4352
     train(cfg, out, str(runs["base"]), str(runs["data"]), state_dir=state, progress=False)
