@@ -53,7 +53,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     try:
         summary = train(args.run_config, args.out, args.base_model, args.data, static_scores=args.static_scores,
                         reference_model=args.reference_model, state_dir=args.state_dir, wandb_dir=args.wandb_dir,
-                        progress=not args.no_progress)
+                        progress=not args.no_progress, meta=args.meta)
     finally:
         import torch.distributed as dist
 
@@ -181,6 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--state-dir")
     p.add_argument("--wandb-dir")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--meta", help="the world's sft_meta.jsonl: ground-truth labels for a control (oracle, anti_oracle)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("score-static", help="score a data set once for a static sample pruner")

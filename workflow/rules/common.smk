@@ -13,6 +13,7 @@ if str(REPO) not in sys.path:
 import qtbench
 from qtbench import config as qconfig
 from qtbench.methods.registry import parse_method, pruner_options, required_stats, resolve_method, SAMPLE_PRUNERS
+from qtbench.methods.registry import uses_ground_truth
 
 # `--configfile` merges mappings key by key, so a config that names its own models
 # (config/paper.yaml) would also inherit the default's `tiny` world model: models

@@ -11,6 +11,9 @@ def train_inputs(wildcards):
         inputs["static"] = f"{R}/static/{run.model}/{resolved.parts['sample']}.json"
     if needs_reference(run) and not config["models"][run.model]["reference"]:
         inputs["reference"] = f"{R}/models/{run.model}/reference"
+    if uses_ground_truth(run.method, config["variants"]):
+        # a control (oracle, anti_oracle): the world's labels; the config refuses it on other data
+        inputs["meta"] = f"{R}/world/sft_meta.jsonl"
     return inputs
 
 
@@ -27,6 +30,8 @@ def train_extra_args(wildcards, input):
     if needs_reference(run):
         reference = config["models"][run.model]["reference"] or f"{R}/models/{run.model}/reference"
         args += ["--reference-model", reference]
+    if "meta" in input.keys():
+        args += ["--meta", input.meta]
     return " ".join(shlex.quote(a) for a in args)
 
 
