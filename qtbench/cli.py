@@ -123,7 +123,7 @@ def cmd_compare(args: argparse.Namespace) -> None:
 
 
 def cmd_eu_plane(args: argparse.Namespace) -> None:
-    from qtbench.eu_plane import crosstab, run
+    from qtbench.eu_plane import crosstab, label_auroc, run
 
     frame = run(args.checkpoint, args.data, args.out, r_s=args.r_s, options=args.options, micro_batch=args.micro_batch,
                 max_length=args.max_length, meta=args.meta, seed=args.seed)
@@ -134,6 +134,10 @@ def cmd_eu_plane(args: argparse.Namespace) -> None:
         print(crosstab(frame, "batch_quadrant").to_string())
         print("\nGround truth x quadrant (one triage over the whole data set, % of each row):")
         print(crosstab(frame, "quadrant").to_string())
+        over = frame.attrs.get("entropy_over", "response")
+        print(f"\nAUROC vs clean records (per-sample PPL, mean entropy over {over} positions; "
+              "0.5 = no separation, < 0.5 = the label scores lower):")
+        print(label_auroc(frame).round(3).to_string())
 
 
 def cmd_validate_config(args: argparse.Namespace) -> None:
