@@ -65,7 +65,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     try:
         summary = train(with_settings(args.run_config, args.settings, args.threads), args.out, args.base_model, args.data, static_scores=args.static_scores,
                         reference_model=args.reference_model, state_dir=args.state_dir, wandb_dir=args.wandb_dir,
-                        progress=not args.no_progress)
+                        progress=not args.no_progress, meta=args.meta)
     finally:
         import torch.distributed as dist
 
@@ -141,7 +141,7 @@ def cmd_compare(args: argparse.Namespace) -> None:
 
 
 def cmd_eu_plane(args: argparse.Namespace) -> None:
-    from qtbench.eu_plane import crosstab, run
+    from qtbench.eu_plane import crosstab, label_auroc, run
 
     frame = run(args.checkpoint, args.data, args.out, r_s=args.r_s, options=args.options, micro_batch=args.micro_batch,
                 max_length=args.max_length, meta=args.meta, seed=args.seed)
@@ -152,6 +152,10 @@ def cmd_eu_plane(args: argparse.Namespace) -> None:
         print(crosstab(frame, "batch_quadrant").to_string())
         print("\nGround truth x quadrant (one triage over the whole data set, % of each row):")
         print(crosstab(frame, "quadrant").to_string())
+        over = frame.attrs.get("entropy_over", "response")
+        print(f"\nAUROC vs clean records (per-sample PPL, mean entropy over {over} positions; "
+              "0.5 = no separation, < 0.5 = the label scores lower):")
+        print(label_auroc(frame).round(3).to_string())
 
 
 def cmd_validate_config(args: argparse.Namespace) -> None:
@@ -208,6 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, help="torch threads of a CPU job (train.threads)")
     p.add_argument("--wandb-dir")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--meta", help="the world's sft_meta.jsonl: ground-truth labels for a control (oracle, anti_oracle)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("score-static", help="score a data set once for a static sample pruner")

@@ -239,6 +239,7 @@ def _check_semantics(config: dict[str, Any]) -> None:
             resolve_method(method, variants)
         except ValueError as exc:
             raise ConfigError(f"config key 'methods[{i}]': {exc}") from None
+    _check_controls(config, variants)
     budget_pairs(config)
     for method in config.get("method_budgets") or {}:
         # an entry for a method the config does not run is allowed: a config
@@ -249,6 +250,19 @@ def _check_semantics(config: dict[str, Any]) -> None:
             raise ConfigError(f"config key 'models.{name}': model names use letters, digits, '_', '.', '-'")
     if len(set(config["methods"])) != len(config["methods"]):
         raise ConfigError("config key 'methods': a method is listed twice")
+
+
+def _check_controls(config: Mapping[str, Any], variants: Mapping[str, Any]) -> None:
+    """A control that reads the world's ground truth (``oracle``, ``anti_oracle``)
+    runs only on the world's SFT data: other data has no ``sft_meta.jsonl``."""
+    from qtbench.methods.registry import uses_ground_truth
+
+    source = config.get("data", {}).get("source", "world")
+    for i, method in enumerate(config["methods"]):
+        if source != "world" and uses_ground_truth(method, variants):
+            raise ConfigError(f"config key 'methods[{i}]': {method!r} is a control that reads the synthetic world's "
+                              f"ground-truth labels (world/sft_meta.jsonl); data.source is {source!r}, which has "
+                              "none: use it only with data.source: world")
 
 
 def load_config(path: str | Path, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:

@@ -17,9 +17,11 @@ the planted noise types and duplicates against the quadrants.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -62,6 +64,8 @@ def score_records(model: Any, tokenizer: Any, records: list[dict], micro_batch: 
     ppl, ent = torch.tensor(frame["ppl"].to_numpy(), dtype=torch.float64), torch.tensor(frame[entropy_col].to_numpy(), dtype=torch.float64)
     cut = bisect_thresholds(ppl, ent, budget.sample_ratio)
     frame["quadrant"] = quadrant_labels(ppl, ent, cut.ppl_hi, cut.ppl_lo, cut.ent_lo, cut.ent_hi)
+    frame["entropy"] = frame[entropy_col]  # the triage's reading (options entropy_over)
+    frame.attrs["entropy_over"] = decision.options["entropy_over"]
     frame.attrs["thresholds"] = {"ppl_hi": cut.ppl_hi, "ppl_lo": cut.ppl_lo, "ent_lo": cut.ent_lo, "ent_hi": cut.ent_hi}
     return frame
 
@@ -72,6 +76,44 @@ def truth_label(meta: Mapping[str, Any]) -> str:
     if meta.get("duplicate_of") is not None:
         return "duplicate"
     return "clean"
+
+
+#: The planted labels whose separability from clean records :func:`label_auroc` reports.
+AUROC_LABELS = ("noise:random", "noise:wrong_answer", "noise:truncated", "duplicate")
+
+
+def auroc(positive: Sequence[float], negative: Sequence[float]) -> float:
+    """Area under the ROC curve of a score that ranks ``positive`` above
+    ``negative``: P(score_pos > score_neg) + 0.5 P(tie) (Mann-Whitney U / (n1 n2));
+    NaN when either side is empty.  0.5 = no separation; below 0.5 the label
+    scores *lower* than clean records.  scikit-learn's ``roc_auc_score`` when
+    installed, else scipy's ``mannwhitneyu``: the same number."""
+    pos, neg = np.asarray(positive, dtype=float), np.asarray(negative, dtype=float)
+    if len(pos) == 0 or len(neg) == 0:
+        return math.nan
+    try:
+        from sklearn.metrics import roc_auc_score
+    except ImportError:
+        from scipy.stats import mannwhitneyu
+
+        return float(mannwhitneyu(pos, neg).statistic) / (len(pos) * len(neg))
+    return float(roc_auc_score(np.r_[np.ones(len(pos)), np.zeros(len(neg))], np.r_[pos, neg]))
+
+
+def label_auroc(frame: pd.DataFrame, columns: Sequence[str] = ("ppl", "entropy")) -> pd.DataFrame:
+    """Per planted label (rows, :data:`AUROC_LABELS`; ``n`` its records): the AUROC
+    of each per-sample score in ``columns`` for telling that label's records from
+    the clean ones (the ``truth`` column).  How well the EU plane's axes under a
+    model - the base model, for the world's calibration - see each kind of noise."""
+    clean = frame[frame["truth"] == "clean"]
+    rows = []
+    for label in AUROC_LABELS:
+        mine = frame[frame["truth"] == label]
+        row = {"label": label, "n": len(mine)}
+        for column in columns:
+            row[f"AUROC {column}"] = auroc(mine[column], clean[column])
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("label")
 
 
 def crosstab(frame: pd.DataFrame, column: str = "batch_quadrant") -> pd.DataFrame:

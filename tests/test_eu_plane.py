@@ -5,7 +5,12 @@ from __future__ import annotations
 import pandas as pd
 import torch
 
-from qtbench.eu_plane import crosstab, score_records, truth_label
+import math
+import sys
+
+import pytest
+
+from qtbench.eu_plane import auroc, crosstab, label_auroc, score_records, truth_label
 from qtbench.methods.q_tuning import quadrant_labels
 from qtbench.models import load_model, load_tokenizer
 from qtbench.methods.base import Budget
@@ -42,3 +47,27 @@ def test_score_records_matches_training_triage(tiny_model_dir):
     kept_labels = set(frame.loc[frame["kept"], "batch_quadrant"])
     assert kept_labels <= {"Q2", "Q4", "Q2+", "Q4+"}
     assert set(frame.loc[~frame["kept"], "batch_quadrant"]) <= {"Q1", "Q3", "mid"}
+
+
+# clean ppl 1, 2, 3.  random 2.5 beats 1 and 2 (2 pairs), 4 beats all (3): 5/6.
+# duplicate 2: beats 1, ties 2 (half), loses to 3: 1.5/3 = 0.5.  Entropy: random 0.1 and 0.2 below
+# every clean 0.5..0.7: 0; duplicate 0.65 beats 0.5 and 0.6: 2/3.  No wrong_answer record: NaN.
+AUROC_FRAME = pd.DataFrame({
+    "truth": ["clean", "clean", "clean", "noise:random", "noise:random", "duplicate"],
+    "ppl": [1.0, 2.0, 3.0, 2.5, 4.0, 2.0],
+    "entropy": [0.5, 0.6, 0.7, 0.1, 0.2, 0.65],
+})
+
+
+@pytest.mark.parametrize("sklearn", [True, False])
+def test_label_auroc_by_hand(sklearn, monkeypatch):
+    if not sklearn:
+        monkeypatch.setitem(sys.modules, "sklearn.metrics", None)  # the scipy path
+    table = label_auroc(AUROC_FRAME)
+    assert table.loc["noise:random", "AUROC ppl"] == pytest.approx(5 / 6)
+    assert table.loc["noise:random", "AUROC entropy"] == 0.0
+    assert table.loc["duplicate", "AUROC ppl"] == pytest.approx(0.5)
+    assert table.loc["duplicate", "AUROC entropy"] == pytest.approx(2 / 3)
+    assert math.isnan(table.loc["noise:wrong_answer", "AUROC ppl"]) and table.loc["noise:wrong_answer", "n"] == 0
+    assert list(table.index) == ["noise:random", "noise:wrong_answer", "noise:truncated", "duplicate"]
+    assert auroc([3.0], [1.0, 2.0]) == 1.0

@@ -196,14 +196,18 @@ def test_reasoning_grid_is_the_papers():
 def test_paper_configs_override_every_default_key_they_need(path):
     """Merged over config/config.yaml (what a plain `--configfile` does), the
     result equals the config alone except for the `models` mapping (the
-    default's `tiny` merges in unless the workflow drops it) and the inert
-    world/pretrain/reference sections."""
+    default's `tiny` merges in unless the workflow drops it), the inert
+    world/pretrain/reference sections and `method_budgets` entries of methods
+    the config does not run (the default's controls)."""
     alone = standalone(path)
     merged = validate_config(deep_merge(yaml.safe_load(DEFAULT.read_text()), yaml.safe_load(path.read_text())))
     for key in alone:
-        if key in ("models", "world", "pretrain", "reference", "method_options"):
+        if key in ("models", "world", "pretrain", "reference", "method_options", "method_budgets"):
             continue
         assert merged[key] == alone[key], key
+    run = set(alone["methods"])
+    assert ({k: v for k, v in merged["method_budgets"].items() if k in run}
+            == {k: v for k, v in alone["method_budgets"].items() if k in run})
     assert {k: v for k, v in merged["models"].items() if k in alone["models"]} == alone["models"]
     assert {k: v for k, v in merged["method_options"].items() if k in alone["method_options"]} == alone["method_options"]
 

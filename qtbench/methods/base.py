@@ -235,11 +235,15 @@ class DatasetInfo:
     ``records`` are the raw SFT records (dicts with at least ``instruction``,
     ``input``, ``output``); ``response_lengths`` counts response tokens after
     tokenisation; ``static_scores`` is the cached output of a static scoring
-    rule when the method has one (one float per record)."""
+    rule when the method has one (one float per record); ``labels`` is the
+    ground truth of a synthetic world's records (``clean``, a noise type or
+    ``duplicate``: :mod:`qtbench.world.labels`), given only to a method whose
+    pruner declares ``uses_ground_truth`` (the controls)."""
 
     records: list[dict]
     response_lengths: list[int]
     static_scores: list[float] | None = None
+    labels: list[str] | None = None
 
     def __len__(self) -> int:
         return len(self.records)
@@ -266,6 +270,10 @@ class SamplePruner:
     #: True when the method scores data once before training (a Snakemake rule
     #: caches the scores); the trainer then passes them in ``DatasetInfo``.
     static: ClassVar[bool] = False
+    #: True for a control that reads the world's ground truth (``DatasetInfo.labels``):
+    #: the trainer then needs the world's ``sft_meta.jsonl``, the tables show it
+    #: apart from the selection rules.
+    uses_ground_truth: ClassVar[bool] = False
 
     def __init__(self, budget: Budget, options: Mapping[str, Any] | None = None, seed: int = 0) -> None:
         self.budget = budget
@@ -346,6 +354,11 @@ class Method:
     def static(self) -> bool:
         return False
 
+    @property
+    def uses_ground_truth(self) -> bool:
+        """The method reads ``DatasetInfo.labels`` (a control, not a selection rule)."""
+        return False
+
     def plan_epoch(self, epoch: int, num_epochs: int, data: DatasetInfo) -> EpochPlan | None:
         return None
 
@@ -394,6 +407,10 @@ class PairMethod(Method):
     @property
     def static(self) -> bool:
         return self.sample.static
+
+    @property
+    def uses_ground_truth(self) -> bool:
+        return bool(getattr(self.sample, "uses_ground_truth", False))
 
     @property
     def needs_select(self) -> bool:

@@ -164,6 +164,17 @@ def required_stats(name: str, options: Mapping[str, Mapping[str, Any]] | None = 
     return frozenset(needed)
 
 
+def uses_ground_truth(name: str, variants: Mapping[str, Any] | None = None) -> bool:
+    """True when a config method name runs a control that reads the world's
+    ground-truth labels (a registered class with ``uses_ground_truth = True``,
+    e.g. ``oracle``, ``anti_oracle``): such a run needs the world's
+    ``sft_meta.jsonl``, and the tables show it apart ("Controls"), never as a
+    selection rule.  Read from the classes; nothing is built."""
+    # ``is True``: on a Method class (a joint method) the attribute is a property object
+    return any(getattr(cls, "uses_ground_truth", False) is True
+               for cls in resolve_method(name, variants).classes().values())
+
+
 def _unknown(kind: str, part: str, name: str, table: Iterable[str]) -> str:
     return f"unknown {kind} {part!r} in method {name!r}; registered {kind}s: {', '.join(sorted(table))}"
 

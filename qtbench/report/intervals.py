@@ -116,6 +116,28 @@ def paired_difference(a: Mapping[str, Any], b: Mapping[str, Any], *, pair_seeds:
     return stats
 
 
+def contrast(groups: Sequence[Mapping[str, Any]], weights: Sequence[float], *, confidence: float = 0.95,
+             n_resamples: int = N_RESAMPLES, seed: int = 0, method: str = "percentile") -> pd.DataFrame:
+    """``sum(weight_g * mean_g)`` over run groups scored on the same items, per task and on ``avg``.
+
+    The generalisation of :func:`paired_difference` (weights ``[1, -1]``) to any
+    linear combination, e.g. ``R - 0.5 F - 0.5 Z`` (random recovers more than
+    half of full's gain over zero-shot exactly when it is > 0).  Seeds are
+    resampled per group, items once for all groups (every group aligned on the
+    first's doc ids).  Columns: ``estimate``, ``low``, ``high``, ``se``,
+    ``significant`` (the interval excludes 0)."""
+    if len(groups) != len(weights) or not groups:
+        raise ValueError(f"contrast needs one weight per group, got {len(groups)} groups and {len(weights)} weights")
+    first = _prepare(groups[0], "group 0")
+    sides = [first]
+    for i, scores in enumerate(groups[1:], start=1):
+        sides.append(_align(first, _prepare(scores, f"group {i}"), groups[0], scores, False)[1])
+    stats = _bootstrap(sides, [float(w) for w in weights], pair_seeds=False, confidence=confidence,
+                       n_resamples=n_resamples, seed=seed, method=method)
+    stats["significant"] = (stats["low"] > 0) | (stats["high"] < 0)
+    return stats
+
+
 def resolvable_difference(intervals: pd.DataFrame | Iterable[pd.DataFrame], task: str | None = AVG, *,
                           low: str = "low", high: str = "high") -> float:
     """Half-width of the median paired interval: the smallest difference the experiment can resolve.

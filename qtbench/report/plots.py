@@ -11,13 +11,16 @@
   micro-batch has its own), and - given the world's ground truth - marked by
   noise type / duplicate; beside it the same samples at their position within
   their micro-batch, where every batch's quadrants are the same rectangles
-  (bounds: median alpha and beta); two panels per model x budget (lowest seed),
-  the last epoch by default;
+  (bounds: median alpha and beta); one row of these two panels per model x
+  budget (lowest seed), the last epoch by default, so the figure stays two
+  panels wide however many budgets run;
 * ``quadrant_shares``  share of each micro-batch's samples per quadrant (before
   top-up) over optimizer steps, stacked, with the top-up share; a rolling mean
   over ~1/40 of the run; one panel per model x budget (lowest seed);
 * ``noise_recall``     share of each planted-noise label that each method dropped
-  (over all epochs, mean over seeds); one panel per model x total budget.
+  (over all epochs, mean over seeds); one panel per model x total budget; each
+  budget of a method has its own shade of the method's colour and its own
+  legend entry (:func:`budget_shades`).
 
 Every file is always written: a panel without data says what is missing
 (e.g. no per-sample decisions in the trace) instead of failing the report.
@@ -35,6 +38,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 import pandas as pd
+from matplotlib.colors import to_hex, to_rgb
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
@@ -324,13 +328,12 @@ def eu_plane(artifacts: Sequence[Any], stem: str | Path, *, meta: pd.DataFrame |
     runs = _subject_runs(artifacts, method)
     if not runs:
         return _placeholder(stem, "EU plane", f"no {method} runs")
-    models, budgets = _grid(runs)
-    fig, axes = _figure(len(models), 2 * len(budgets), 3.9, 3.6)
+    fig = Figure(figsize=(2 * 4.3, len(runs) * 3.7 + 1.4), layout="constrained")
+    axes = np.atleast_2d(fig.subplots(len(runs), 2, squeeze=False))
     used_labels: set[str] = set()
     used_quadrants: set[str] = set()
-    for run in runs:
-        row_i, col_i = models.index(run.model), 2 * budgets.index(run.budget)
-        ax, ax_rank = axes[row_i, col_i], axes[row_i, col_i + 1]
+    for row_i, run in enumerate(runs):  # one row per run: the plane, then the positions
+        ax, ax_rank = axes[row_i, 0], axes[row_i, 1]
         title = f"{run.model}, {method} {budget_label(run.budget)}, seed {run.seed}"
         samples = run.samples
         if samples is None or "ppl" not in samples.columns or not samples["ppl"].notna().any():
@@ -378,17 +381,12 @@ def eu_plane(artifacts: Sequence[Any], stem: str | Path, *, meta: pd.DataFrame |
         ax_rank.set_xlabel("PPL position in its micro-batch")
         ax_rank.set_ylabel("entropy position in its micro-batch")
         ax_rank.set_title("position within its micro-batch (jittered)", fontsize=9)
-    for r, model in enumerate(models):
-        for c, budget in enumerate(budgets):
-            if not any(run.model == model and run.budget == budget for run in runs):
-                axes[r, 2 * c].set_visible(False)
-                axes[r, 2 * c + 1].set_visible(False)
     handles = [Patch(color=QUADRANT_COLORS[q], label=QUADRANT_NAMES[q]) for q in QUADRANT_COLORS if q in used_quadrants]
     if meta is not None:
         handles += [Line2D([], [], marker=LABEL_MARKERS[k], linestyle="none", color="white", markeredgecolor="black",
                            markersize=6, label=LABEL_NAMES[k]) for k in LABEL_MARKERS if k in used_labels]
     handles.append(Line2D([], [], color="black", linestyle="--", linewidth=0.8, label="thresholds (median)"))
-    _legend(fig, handles)
+    fig.legend(handles=handles, loc="outside lower center", ncols=3, fontsize=8, frameon=False)
     fig.suptitle("Error-Uncertainty plane: quadrants per micro-batch" +
                  (", marked by ground truth" if meta is not None else ""))
     return save_figure(fig, stem)
@@ -493,6 +491,36 @@ def quadrant_shares(artifacts: Sequence[Any], stem: str | Path, *, method: str =
 # --------------------------------------------------------------------------- noise recall
 
 
+def shade(color: str, amount: float) -> str:
+    """``color`` mixed towards black (``amount`` < 0) or white (> 0) by ``|amount|``."""
+    rgb = np.array(to_rgb(color))
+    target = np.zeros(3) if amount < 0 else np.ones(3)
+    return to_hex(rgb + (target - rgb) * abs(amount))
+
+
+def budget_shades(frame: pd.DataFrame) -> dict[tuple[str, str], str]:
+    """A colour per (method, budget): the method's colour (:func:`method_colors`),
+    its budgets ordered by total then r_s from dark (smallest, mixed 35% towards
+    black) to light (largest, 45% towards white); a method with one budget keeps
+    its own colour.  The same shade in every panel, so a budget reads the same
+    wherever it appears."""
+    pairs = list(dict.fromkeys(zip(frame["method"], frame["budget"])))
+    base = method_colors(m for m, _ in pairs)
+    out: dict[tuple[str, str], str] = {}
+    for method in dict.fromkeys(m for m, _ in pairs):
+        budgets = sorted({b for m, b in pairs if m == method}, key=_budget_key)
+        for i, budget in enumerate(budgets):
+            amount = 0.0 if len(budgets) == 1 else -0.35 + 0.8 * i / (len(budgets) - 1)
+            out[(method, budget)] = shade(base[method], amount)
+    return out
+
+
+def _budget_key(budget: Any) -> tuple[Decimal, Decimal]:
+    parts = split_budget(budget)
+    return (Decimal(1), Decimal(1)) if parts is None else (Decimal(parts[2]), Decimal(parts[0]))
+
+
+
 def noise_recall_plot(recall: pd.DataFrame, stem: str | Path) -> list[Path]:
     """Bars: share of each label's records dropped (all epochs, mean over seeds),
     one bar per method, one panel per model x total budget."""
@@ -500,15 +528,24 @@ def noise_recall_plot(recall: pd.DataFrame, stem: str | Path) -> list[Path]:
     if recall is None or recall.empty:
         return _placeholder(stem, "Noise recall", "no noise recall: needs the world's ground truth\n"
                                                   "and the trainer's per-sample decisions (trace.jsonl)")
+    return save_figure(noise_recall_figure(recall), stem)
+
+
+def noise_recall_figure(recall: pd.DataFrame) -> Figure:
+    """The figure of :func:`noise_recall_plot` (a non-empty recall table)."""
     data = recall[recall["epoch"] == "all"]
     labels = ["random", "wrong_answer", "truncated", "duplicate", "clean"]
     panels = list(dict.fromkeys(zip(data["model"], data["total_budget"])))
     panels.sort(key=lambda p: (p[0], Decimal(p[1]) if p[1] else Decimal(1)))
     pruned_panels = [p for p in panels if p[1] not in ("", "1")] or panels
-    colors = method_colors(data["method"])
-    fig, axes = _figure(1, len(pruned_panels), 6.0, 4.2)
+    colors = budget_shades(data)
+    n_cols = min(2, len(pruned_panels))  # a grid two panels wide: readable on a laptop
+    n_rows = math.ceil(len(pruned_panels) / n_cols)
+    fig, axes = _figure(n_rows, n_cols, 6.0, 4.2)
+    for ax in axes.flat[len(pruned_panels):]:
+        ax.set_visible(False)
     handles: dict[str, Any] = {}
-    for ax, (model, total) in zip(axes[0], pruned_panels):
+    for ax, (model, total) in zip(axes.flat, pruned_panels):
         part = data[(data["model"] == model) & ((data["total_budget"] == total) | (data["method"] == "full"))]
         series = list(dict.fromkeys(zip(part["method"], part["budget"])))
         width = 0.8 / max(1, len(series))
@@ -523,7 +560,7 @@ def noise_recall_plot(recall: pd.DataFrame, stem: str | Path) -> list[Path]:
                 unseen = float(every["n_unseen"].sum()) / max(1.0, float(every["n_unseen"].sum() + every["n_seen"].sum()))
                 if unseen > 0.005:
                     name += f" ({unseen:.0%} without a decision)"
-            bars = ax.bar(x - 0.4 + width * (i + 0.5), values, width, color=colors[method], label=name,
+            bars = ax.bar(x - 0.4 + width * (i + 0.5), values, width, color=colors[(method, budget)], label=name,
                           edgecolor="black" if method == SUBJECT else "none", linewidth=0.8)
             handles.setdefault(name, bars)
         ax.set_xticks(x, [LABEL_NAMES[label].replace("noise: ", "").replace(" ", "\n") for label in labels], fontsize=8)
@@ -533,4 +570,4 @@ def noise_recall_plot(recall: pd.DataFrame, stem: str | Path) -> list[Path]:
         ax.grid(alpha=0.3, axis="y")
     fig.legend(handles=list(handles.values()), loc="outside lower center", ncols=2, fontsize=8, frameon=False)
     fig.suptitle("Share of each planted label dropped (all epochs)")
-    return save_figure(fig, stem)
+    return fig

@@ -116,14 +116,16 @@ def train(
     state_dir: str | Path | None = None,
     wandb_dir: str | Path | None = None,
     progress: bool = True,
+    meta: str | Path | None = None,
 ) -> dict[str, Any]:
     """Fine-tune ``base_model`` on ``data`` with the run's method; write the
     checkpoint folder ``out_dir`` (model, tokenizer, train_summary.json,
-    trace.jsonl) and return the summary."""
+    trace.jsonl) and return the summary.  ``meta``: the world's
+    ``sft_meta.jsonl``, read only for a control that uses ground truth."""
     started = time.time()
     out_dir = Path(out_dir)
     state_dir = Path(state_dir) if state_dir else out_dir.with_name(out_dir.name + ".state")
-    setup = set_up(cfg, out_dir, state_dir, base_model, data, static_scores, reference_model)
+    setup = set_up(cfg, out_dir, state_dir, base_model, data, static_scores, reference_model, meta)
     position = resume_or_start(setup)
     tracker = tracking.start_run(
         cfg.get("wandb", {}), name=setup.run["run_id"], group=cfg.get("experiment", "qtbench"), job_type="train",
@@ -135,7 +137,7 @@ def train(
 
 
 def set_up(cfg: Mapping[str, Any], out_dir: Path, state_dir: Path, base_model: str, data: str,
-           static_scores: str | Path | None, reference_model: str | None) -> Run:
+           static_scores: str | Path | None, reference_model: str | None, meta: str | Path | None = None) -> Run:
     """Seeds, method, data, model (LoRA, FSDP), optimizer and schedule.
 
     Fails early, before any data is read or tokenized, on a bad method,
@@ -152,6 +154,7 @@ def set_up(cfg: Mapping[str, Any], out_dir: Path, state_dir: Path, base_model: s
     torch.manual_seed(seed)
     method = build_method(run["method"], Budget(float(run["r_s"]), float(run["r_t"])), cfg.get("method_options", {}), seed,
                           variants=cfg.get("variants"))
+    check_ground_truth(run["method"], method, meta)
     check_model_path(base_model)
     if reference_model is not None:
         check_model_path(reference_model)
@@ -160,7 +163,8 @@ def set_up(cfg: Mapping[str, Any], out_dir: Path, state_dir: Path, base_model: s
     scores = None if static_scores is None else [float(s) for s in read_json(static_scores)["scores"]]
     if scores is not None and len(scores) != len(records):
         raise ValueError(f"{static_scores}: {len(scores)} scores for {len(records)} records")
-    info = DatasetInfo(records, [e.response_length for e in examples], scores)
+    info = DatasetInfo(records, [e.response_length for e in examples], scores,
+                       record_labels(meta, report, cfg["data"].get("max_records")) if method.uses_ground_truth else None)
     model = _load_trainable_model(base_model, entry, tcfg, device)
     fsdp = bool(tcfg.get("fsdp")) and world > 1
     if fsdp:
@@ -178,6 +182,35 @@ def set_up(cfg: Mapping[str, Any], out_dir: Path, state_dir: Path, base_model: s
                examples, info, scores, model, ref, frozen_base, optimizer, scheduler, total_steps,
                run_fingerprint(cfg, base_model, records, scores, reference_model), first_plan,
                int(tcfg["max_steps"]) if tcfg.get("max_steps") else None)
+
+
+def check_ground_truth(name: str, method: Method, meta: str | Path | None) -> None:
+    """A control (``uses_ground_truth``) needs the world's meta file, before
+    anything is loaded."""
+    if not method.uses_ground_truth:
+        return
+    if meta is None:
+        raise ValueError(f"method {name!r} is a control that reads the synthetic world's ground-truth labels: "
+                         "give the world's sft_meta.jsonl (qtbench train --meta); it runs only on data.source: world")
+    if not Path(meta).is_file():
+        raise FileNotFoundError(f"method {name!r}: the ground-truth file {meta} does not exist "
+                                "(expected the world's sft_meta.jsonl)")
+
+
+def record_labels(meta: str | Path, report: LoadReport, max_records: int | None = None) -> list[str]:
+    """Each loaded record's ground-truth label, matched to its position in the
+    data file (the loader's skipped records and ``max_records`` cut accounted for)."""
+    from qtbench.io import read_jsonl
+    from qtbench.world.labels import labels_for_records
+
+    bad = {index for index, _ in report.bad}
+    kept_raw = [i for i in range(report.total) if i not in bad]
+    rows = read_jsonl(meta)
+    cut = max_records is not None and report.total == max_records  # the first records of a longer file
+    if len(rows) < report.total or (len(rows) > report.total and not cut):
+        raise ValueError(f"{meta}: {len(rows)} metadata rows for {report.total} records of {report.source}: "
+                         "the meta file does not belong to this data")
+    return labels_for_records(rows, kept_raw, str(meta))
 
 
 def _load_data(cfg: Mapping[str, Any], data: str, tokenizer: Any

@@ -28,6 +28,14 @@ reference record (facts may recur under another phrasing), and the corpus has
 no question/answer records (see ``_build_corpus`` for the prose questions it
 does contain, in wordings disjoint from every SFT/eval question).
 
+Calibration: the world's knobs (corpus, coverage, model size, noise mix, eval
+sizes, and the training regime of the default config) are set by what the
+ground-truth controls (``oracle``, ``anti_oracle``), ``random+random`` and
+``full`` show (``benchmarks/calibrate_world.py``: random recovering part of full
+data's gain, the planted noise doing harm, selection at a budget mattering) -
+never by Q-Tuning's or any baseline's score, which are results on the world,
+not targets for it.
+
 Answers: fact and two-hop outputs are the bare answer closed by a period
 ("Tamsin."), math outputs a one-line worked answer ending ``#### N``, reading
 outputs a span of the passage.  Multiple-choice tasks score the bare answer

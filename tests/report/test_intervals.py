@@ -208,3 +208,24 @@ def test_interval_table_for_the_results_tables():
     assert resolvable_difference(table, low="delta_full_low", high="delta_full_high") == 1.25
     with pytest.raises(KeyError, match="not among the groups"):
         interval_table({"a": full}, {"full": {"a": "b"}})
+
+
+def test_contrast_is_the_weighted_sum_of_group_means():
+    from qtbench.report.intervals import contrast, paired_difference
+
+    # one task, three items; a: seeds (1, 0, 1) and (1, 1, 1) -> mean 5/6 x 100; b: (0, 0, 1) -> 1/3 x 100;
+    # z: (0, 0, 0) -> 0.  a - 0.5 b - 0.5 z = 83.33 - 16.67 = 66.67
+    a = {"t": np.array([[100.0, 0.0, 100.0], [100.0, 100.0, 100.0]])}
+    b = {"t": np.array([[0.0, 0.0, 100.0]])}
+    z = {"t": np.zeros((1, 3))}
+    result = contrast([a, b, z], [1.0, -0.5, -0.5], n_resamples=200)
+    assert result.loc["t", "estimate"] == pytest.approx(200 / 3)
+    assert result.loc["avg", "estimate"] == pytest.approx(200 / 3)
+    assert result.loc["t", "low"] <= result.loc["t", "estimate"] <= result.loc["t", "high"]
+    # weights (1, -1) are the paired difference, draw for draw
+    two = contrast([a, b], [1.0, -1.0], n_resamples=200)
+    diff = paired_difference(a, b, n_resamples=200)
+    assert two.loc["t", "low"] == pytest.approx(diff.loc["t", "low"])
+    assert two.loc["t", "high"] == pytest.approx(diff.loc["t", "high"])
+    with pytest.raises(ValueError, match="one weight per group"):
+        contrast([a, b], [1.0])

@@ -88,3 +88,47 @@ def test_eu_plane_epoch_choice(tmp_path):
     for epoch in (0, 1, -1, -2, 7):  # 7: not in the trace -> the last epoch
         paths = plots.eu_plane(runs, tmp_path / f"eu{epoch}", meta=load_meta(experiment["meta"]), epoch=epoch)
         assert all(p.stat().st_size > 1000 for p in paths)
+
+
+def test_budget_shades_dark_to_light_per_method():
+    frame = pd.DataFrame({"method": ["q_tuning", "q_tuning", "q_tuning", "full", "random"],
+                          "budget": ["s0.5-t0.7", "s0.125-t0.5", "s0.25-t0.5", "s1-t1", "s0.125-t1"]})
+    shades = plots.budget_shades(frame)
+    # q_tuning #d62728 = (214, 39, 40): 12.5%x50% 35% towards black, 25%x50% 5% towards white, 50%x70% 45% towards white
+    assert shades[("q_tuning", "s0.125-t0.5")] == "#8b191a"
+    assert shades[("q_tuning", "s0.25-t0.5")] == "#d83233"
+    assert shades[("q_tuning", "s0.5-t0.7")] == "#e88889"
+    assert shades[("full", "s1-t1")] == "#000000"  # one budget: the method's own colour
+    assert shades[("random", "s0.125-t1")] == plots.method_colors(["full", "q_tuning", "random"])["random"]
+
+
+def test_noise_recall_gives_each_budget_of_a_method_its_own_entry():
+    rows = []
+    for method, budget in (("full", "s1-t1"), ("q_tuning", "s0.25-t0.5"), ("q_tuning", "s0.5-t0.25"),
+                           ("random", "s0.125-t1"), ("q_tuning", "s0.5-t0.7")):
+        total = {"s1-t1": "1", "s0.5-t0.7": "0.35"}.get(budget, "0.125")
+        for label in ("random", "wrong_answer", "truncated", "duplicate", "clean", "any_noise"):
+            rows.append({"model": "tiny", "group": "x", "method": method, "budget": budget, "total_budget": total,
+                         "seed": 0, "epoch": "all", "label": label, "n_seen": 4, "n_dropped": 2, "drop_rate": 0.5,
+                         "n_kept": 2, "kept_share": 0.1, "seen_share": 0.1, "n_unseen": 0})
+    fig = plots.noise_recall_figure(pd.DataFrame(rows))
+    entries = [text.get_text() for text in fig.legends[0].get_texts()]
+    assert entries == ["full", "q_tuning 25%×50%", "q_tuning 50%×25%", "random 12.5%×100%", "q_tuning 50%×70%"]
+    colors = {bars.get_label(): bars.patches[0].get_facecolor() for ax in fig.axes for bars in ax.containers}
+    assert len({colors[name] for name in entries if name.startswith("q_tuning")}) == 3  # one shade per budget
+    panels = [ax for ax in fig.axes if ax.get_visible()]
+    assert [ax.get_title() for ax in panels] == ["tiny, total budget 12.5%", "tiny, total budget 35%"]
+
+
+def test_eu_plane_is_a_two_column_grid(tmp_path):
+    from matplotlib.image import imread
+
+    from qtbench.report.noise import load_meta
+    from qtbench.report.runs import load_runs
+
+    traces = {("q_tuning", "s0.25-t0.5", 0): Q_TRACE, ("q_tuning", "s0.5-t0.5", 0): Q_TRACE}
+    experiment = build_experiment(tmp_path, trace_for=traces, world_meta=META)
+    runs = load_runs(experiment["runs"])
+    png = plots.eu_plane(runs, tmp_path / "eu", meta=load_meta(experiment["meta"]))[0]
+    # two runs -> two rows of (plane, positions): 2 x 4.3 in wide, 2 x 3.7 + 1.4 in tall, at 150 dpi
+    assert imread(png).shape[:2] == (1320, 1290)

@@ -18,6 +18,7 @@ from qtbench.methods.registry import parse_method, pruner_options, required_stat
 from qtbench.report.aggregate import TABLE_STEMS
 from qtbench.report.plots import PLOT_FORMATS, PLOT_NAMES
 from qtbench.report.render import TABLE_FORMATS
+from qtbench.methods.registry import uses_ground_truth
 
 # `--configfile` merges mappings key by key, so a config that names its own models
 # (config/paper.yaml) would also inherit the default's `tiny` world model: models
@@ -174,6 +175,9 @@ def train_inputs(wildcards):
         inputs["static"] = f"{R}/static/{run.model}/{resolved.parts['sample']}.json"
     if needs_reference(run) and not config["models"][run.model]["reference"]:
         inputs["reference"] = f"{R}/models/{run.model}/reference"
+    if uses_ground_truth(run.method, config["variants"]):
+        # a control (oracle, anti_oracle): the world's labels; the config refuses it on other data
+        inputs["meta"] = f"{R}/world/sft_meta.jsonl"
     return inputs
 
 
@@ -190,6 +194,8 @@ def train_extra_args(wildcards, input):
     if needs_reference(run):
         reference = config["models"][run.model]["reference"] or f"{R}/models/{run.model}/reference"
         args += ["--reference-model", reference]
+    if "meta" in input.keys():
+        args += ["--meta", input.meta]
     return " ".join(shlex.quote(a) for a in args)
 
 
