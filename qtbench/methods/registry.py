@@ -425,13 +425,3 @@ def describe_variant(name: str, config: Mapping[str, Any]) -> tuple[str, dict[st
             if option not in base or base[option] != value:
                 differing[f"{prefix}{option}"] = value
     return resolved.base, differing
-
-
-def uses_ground_truth(name: str, variants: Mapping[str, Any] | None = None) -> bool:
-    """Whether a config method name reads the data's ground-truth labels (the
-    world's planted noise and duplicates): true when any of its classes sets
-    the class attribute ``uses_ground_truth = True`` (the ``oracle`` controls).
-    Such rows are controls, not data-selection methods: the tables put them in
-    their own group and never mark them best.  A variant is what its base
-    method is; unknown names raise ``ValueError`` as :func:`resolve_method` does."""
-    return any(bool(getattr(cls, "uses_ground_truth", False)) for cls in resolve_method(name, variants).classes().values())
