@@ -140,7 +140,8 @@ def test_fsdp_with_one_gpu_fails_at_dag_build(tmp_path):
 
 
 @pytest.mark.parametrize("change, message", [
-    ({"data": {"source": "data/missing.jsonl"}}, "config key 'data.source': file data/missing.jsonl does not exist"),
+    ({"data": {"source": "data/missing.jsonl"}, "methods": ["full"]},
+     "config key 'data.source': file data/missing.jsonl does not exist"),
     ({"models": {"tiny": {"path": "./models/nope"}}}, "config key 'models.tiny.path': model folder models/nope does not exist"),
     ({"eval": {"tasks": [{"name": "arc_easyy"}]}}, "lm-eval has no task 'arc_easyy' (did you mean arc_easy"),
     ({"eval": {"include_path": "no/such/folder"}}, "config key 'eval.include_path': folder no/such/folder does not exist"),
@@ -165,7 +166,7 @@ def test_validate_config_merges_over_the_default_like_snakemake(capsys, tmp_path
     # models given by a file replace the default's tiny model (as common.smk does)
     own = tmp_path / "own.yaml"
     own.write_text(yaml.safe_dump({"models": {"other": {"path": "org/other"}}, "data": {"source": "org/data"},
-                                   "eval": {"tasks": [{"name": "arc_easy"}]}}))
+                                   "methods": ["full", "q_tuning"], "eval": {"tasks": [{"name": "arc_easy"}]}}))
     assert list(merge_over_default(own)["models"]) == ["other"]
     assert cli(["validate-config", str(own)]) == 0
     assert "other/full/s1-t1/seed0" in capsys.readouterr().out
