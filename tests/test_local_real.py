@@ -91,8 +91,9 @@ def test_local_real_config_end_to_end(tmp_path):
         assert summary["optimizer_steps"] == 2
         report = json.loads((results / "runs" / run.run_id / "checkpoint" / "data_report.json").read_text())
         assert report["source"].endswith("cherry_alpaca_5_percent.json") and report["kept"] == 48 and report["bad"] == 0
-    table = pd.read_csv(results / "tables" / "comparison.csv")
-    assert sorted(table["run_id"]) == sorted([r.run_id for r in runs] + ["local/base"])
+    table = pd.read_csv(results / "tables" / "comparison.csv", keep_default_na=False)  # one row per run group
+    assert sorted(zip(table["model"], table["method"], table["budget"])) == sorted(
+        [(r.model, r.method, r.budget) for r in runs] + [("local", "base", "")])
 
 
 def test_validate_config_reports_the_missing_model_folder(tmp_path):

@@ -40,12 +40,12 @@ def test_smoke_run_end_to_end(tmp_path):
     results = tmp_path / "results" / cfg["experiment"]
     runs = expand_runs(cfg)
 
-    table = pd.read_csv(results / "tables" / "comparison.csv")
-    assert sorted(table["run_id"]) == sorted([r.run_id for r in runs] + ["tiny/base"])
+    table = pd.read_csv(results / "tables" / "comparison.csv", keep_default_na=False)  # one row per run group
+    assert sorted(zip(table["method"], table["budget"])) == sorted([(r.method, r.budget) for r in runs] + [("base", "")])
     tasks = [t["name"] for t in cfg["eval"]["tasks"]]
     for run in runs:
         record = json.loads((results / "evals" / run.model / run.method / run.budget / f"seed{run.seed}.json").read_text())
-        row = table.set_index("run_id").loc[run.run_id]
+        row = table.set_index(["method", "budget"]).loc[(run.method, run.budget)]  # one seed: the run itself
         expected = {
             "world_arc_easy": record["scores"]["world_arc_easy"]["acc,none"]["value"],
             "world_gsm8k": record["scores"]["world_gsm8k"]["exact_match,strict-match"]["value"],
