@@ -31,7 +31,7 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 import pandas as pd
 
-from qtbench.io import iter_jsonl_numbered, write_text_atomic
+from qtbench.io import iter_jsonl_numbered, read_json, write_text_atomic
 
 #: Suffix of the per-item file written beside an evaluation record ``<name>.json``.
 ITEMS_SUFFIX = ".items.jsonl"
@@ -167,4 +167,33 @@ def _parse_row(path: Path, number: int, row: dict) -> list[tuple[str, int, str, 
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             raise ValueError(f"{where}: metric {name!r} has value {value!r}; expected a finite number")
         out.append((row["task"], row["doc_id"], f"{name},{row['filter']}", float(value)))
+    return out
+
+
+#: Tolerance (points) between the mean of a record's items and its score.
+SCORE_TOLERANCE = 1e-6
+
+
+def record_item_scores(path: str | Path, metrics: Mapping[str, str]) -> dict[str, pd.Series]:
+    """Per task, one record's per-item values of its metric in points (index: doc id),
+    checked against the record's score: a metric that is not a mean over items, or
+    an items file from another evaluation, is refused with the file named."""
+    path = Path(path)
+    record = read_json(path)
+    items = read_items(path)
+    out = {}
+    for task, metric in metrics.items():
+        score = (record.get("scores") or {}).get(task, {}).get(metric)
+        if score is None:
+            raise ValueError(f"{path}: no score for task {task!r}, metric {metric!r}")
+        values = items.loc[(items["task"] == task) & (items["metric"] == metric)].set_index("doc_id")["value"]
+        if values.empty:
+            raise ValueError(f"{path}: its items file has no rows for task {task!r}, metric {metric!r}")
+        values = values.sort_index() * 100.0
+        if abs(values.mean() - float(score["value"]) * 100.0) > SCORE_TOLERANCE:
+            raise ValueError(f"{path}: task {task!r}, metric {metric!r}: the mean over its {len(values)} items is "
+                             f"{values.mean():.6f} points but the record says {float(score['value']) * 100.0:.6f}; "
+                             f"either the metric is not a mean over items (choose another with eval.tasks[].metric) "
+                             f"or the items file comes from another evaluation ({rebuild_hint(path)})")
+        out[task] = values.rename(None)
     return out

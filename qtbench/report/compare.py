@@ -34,7 +34,7 @@ from qtbench.config import BUDGET_PATTERN, METHOD_PATTERN, MODEL_PATTERN
 from qtbench.io import read_json
 from qtbench.report.intervals import AVG, N_RESAMPLES, group_interval, paired_difference, resolvable_caption
 from qtbench.report.intervals import resolvable_difference, significance_mark
-from qtbench.items import read_items
+from qtbench.items import record_item_scores
 
 #: A selector: ``method[@budget][:model]``.
 SELECTOR = re.compile(rf"(?P<method>{METHOD_PATTERN})(?:@(?P<budget>{BUDGET_PATTERN}))?(?::(?P<model>{MODEL_PATTERN}))?")
@@ -42,8 +42,6 @@ SELECTOR = re.compile(rf"(?P<method>{METHOD_PATTERN})(?:@(?P<budget>{BUDGET_PATT
 #: The zero-shot base model's "method" (``evals/<model>/base.json``).
 BASE = "base"
 
-#: Tolerance (points) between the items' mean and the record's score.
-SCORE_TOLERANCE = 1e-6
 
 _RUN_FILE = re.compile(rf"(?P<model>{MODEL_PATTERN})/(?P<method>{METHOD_PATTERN})/(?P<budget>{BUDGET_PATTERN})/"
                        r"seed(?P<seed>[0-9]+)\.json")
@@ -220,38 +218,13 @@ def task_metrics(record: Mapping[str, Any], path: str | Path, tasks: Sequence[st
     return out
 
 
-def record_items(path: str | Path, metrics: Mapping[str, str]) -> dict[str, pd.Series]:
-    """Per task, the items' values in points (index: doc_id) of one record, checked against its scores."""
-    path = Path(path)
-    record = read_json(path)
-    items = read_items(path)
-    out = {}
-    for task, metric in metrics.items():
-        score = (record.get("scores") or {}).get(task, {}).get(metric)
-        if score is None:
-            raise ValueError(f"{path}: no score for task {task!r}, metric {metric!r} (the reference group's "
-                             f"records have it; were they evaluated with the same tasks?)")
-        rows = items[(items["task"] == task) & (items["metric"] == metric)]
-        if rows.empty:
-            raise ValueError(f"{path}: its items file has no rows for task {task!r}, metric {metric!r}")
-        values = rows.set_index("doc_id")["value"].sort_index() * 100.0
-        expected = float(score["value"]) * 100.0
-        if abs(values.mean() - expected) > SCORE_TOLERANCE:
-            raise ValueError(f"{path}: task {task!r}, metric {metric!r}: the mean over its {len(values)} items is "
-                             f"{values.mean():.6f} points but the record says {expected:.6f}; either the metric is not "
-                             f"a mean over items (choose another with eval.tasks[].metric) or the items file comes "
-                             f"from another evaluation (rebuild it)")
-        out[task] = values.rename(None)
-    return out
-
-
 def item_scores(records: Mapping[Any, str | Path], metrics: Mapping[str, str], label: str = "") -> dict[str, pd.DataFrame]:
     """Per task, a (seeds x doc ids) frame in points, the input of :mod:`qtbench.report.intervals`.
 
     ``records`` maps each seed of one run group to its evaluation record;
     ``metrics`` maps each task to its metric key (:func:`task_metrics`).  The
     seeds must have been scored on the same items."""
-    per_seed = {seed: record_items(path, metrics) for seed, path in records.items()}
+    per_seed = {seed: record_item_scores(path, metrics) for seed, path in records.items()}
     out = {}
     for task in metrics:
         frame = pd.DataFrame({seed: items[task] for seed, items in per_seed.items()}).T
