@@ -170,16 +170,13 @@ def top_k_per_batch(scores: Tensor, pool: Tensor, ratio: float, largest: bool = 
 # --------------------------------------------------------------------------- sample pruners
 
 
-class EpochLevelSamplePruner(SamplePruner):
-    """Base of epoch-level / static sample pruners (fewer optimizer steps).
-
-    Option ``double_prune`` (default false) reproduces the authors' baseline
-    path: on top of the epoch's subset, each micro-batch trains only a uniformly
-    random ``Budget.keep_count(B)`` of its samples (seeded by seed, epoch, step
-    and sample ids)."""
+class CheckedSamplePruner(SamplePruner):
+    """A sample pruner whose options are exactly the keys of ``option_defaults``:
+    the registry checks them at DAG build (:meth:`option_keys`), the
+    constructor fills the defaults and refuses an unknown key naming the method."""
 
     #: subclasses extend this with their own options and defaults
-    option_defaults: dict[str, Any] = {"double_prune": False}
+    option_defaults: dict[str, Any] = {}
 
     @classmethod
     def option_keys(cls) -> frozenset[str]:
@@ -189,6 +186,20 @@ class EpochLevelSamplePruner(SamplePruner):
     def __init__(self, budget: Budget, options: Mapping[str, Any] | None = None, seed: int = 0) -> None:
         super().__init__(budget, options, seed)
         self.options = check_options(self.name, options, self.option_defaults)
+
+
+class EpochLevelSamplePruner(CheckedSamplePruner):
+    """Base of epoch-level / static sample pruners (fewer optimizer steps).
+
+    Option ``double_prune`` (default false) reproduces the authors' baseline
+    path: on top of the epoch's subset, each micro-batch trains only a uniformly
+    random ``Budget.keep_count(B)`` of its samples (seeded by seed, epoch, step
+    and sample ids)."""
+
+    option_defaults: dict[str, Any] = {"double_prune": False}
+
+    def __init__(self, budget: Budget, options: Mapping[str, Any] | None = None, seed: int = 0) -> None:
+        super().__init__(budget, options, seed)
         self.double_prune = check_bool(self.name, "double_prune", self.options["double_prune"])
         #: True when select_samples must run every step even without statistics
         self.needs_select = self.double_prune
@@ -204,20 +215,9 @@ class EpochLevelSamplePruner(SamplePruner):
         return keep, torch.ones(batch), {"double_prune_kept": int(k)}
 
 
-class BatchScoredSamplePruner(SamplePruner):
+class BatchScoredSamplePruner(CheckedSamplePruner):
     """Base of per-micro-batch sample pruners: keep ``Budget.keep_count(B)``
     samples with the highest :meth:`scores` (ties: lower row first)."""
-
-    option_defaults: dict[str, Any] = {}
-
-    @classmethod
-    def option_keys(cls) -> frozenset[str]:
-        """The option keys the config may set (checked at DAG build by the registry)."""
-        return frozenset(cls.option_defaults)
-
-    def __init__(self, budget: Budget, options: Mapping[str, Any] | None = None, seed: int = 0) -> None:
-        super().__init__(budget, options, seed)
-        self.options = check_options(self.name, options, self.option_defaults)
 
     def scores(self, stats: BatchStats) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError

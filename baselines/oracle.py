@@ -28,29 +28,18 @@ No options.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
 
 import torch
 
-from baselines._common import check_options, epoch_keep_count, make_generator
-from qtbench.methods.base import Budget, DatasetInfo, EpochPlan, SamplePruner
+from baselines._common import CheckedSamplePruner, epoch_keep_count, make_generator
+from qtbench.methods.base import DatasetInfo, EpochPlan
 from qtbench.methods.registry import register_sample_pruner
 
 
-class GroundTruthControl(SamplePruner):
-    """Base of the controls: reads ``DatasetInfo.labels``, plans each epoch."""
+class GroundTruthControl(CheckedSamplePruner):
+    """Base of the controls: reads ``DatasetInfo.labels``, plans each epoch; no options."""
 
     uses_ground_truth = True
-    option_defaults: dict[str, Any] = {}
-
-    @classmethod
-    def option_keys(cls) -> frozenset[str]:
-        """No options (checked at DAG build by the registry)."""
-        return frozenset(cls.option_defaults)
-
-    def __init__(self, budget: Budget, options: Mapping[str, Any] | None = None, seed: int = 0) -> None:
-        super().__init__(budget, options, seed)
-        self.options = check_options(self.name, options, self.option_defaults)
 
     def labels(self, data: DatasetInfo) -> list[str]:
         """The records' labels; a clear error when the data carries none."""

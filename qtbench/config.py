@@ -267,15 +267,7 @@ def _check_controls(config: Mapping[str, Any], variants: Mapping[str, Any]) -> N
 
 def load_config(path: str | Path, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Read a YAML config file (merged over ``overrides``' keys) and validate it."""
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except FileNotFoundError:
-        raise ConfigError(f"config file {path} does not exist") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    data = read_config_file(path)
     if overrides:
         data = deep_merge(data, overrides)
     try:

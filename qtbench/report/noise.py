@@ -159,18 +159,28 @@ def noise_recall_table(runs: Iterable[Any], meta: pd.DataFrame, variants: Mappin
     """:func:`noise_recall` of every run that has a per-sample trace and whose
     method can drop samples (:data:`RECALL_FAMILIES`; ``full`` is the base-rate
     reference), tidy (:data:`RECALL_COLUMNS`); ``variants`` resolve variant names."""
+    def recall(run: Any, family: str) -> pd.DataFrame | None:
+        return noise_recall(run.samples, meta) if family in RECALL_FAMILIES else None
+
+    return _per_run(runs, recall, variants, RECALL_COLUMNS)
+
+
+def _per_run(runs: Iterable[Any], table_of: Any, variants: Mapping[str, Any] | None, columns: list[str]) -> pd.DataFrame:
+    """``table_of(run, family)`` for every run with per-sample decisions (``None``
+    or an empty frame skips the run), each row prefixed by the run's keys."""
     parts = []
     for run in runs:
         keys = _run_keys(run, variants)
-        if run.samples is None or keys.pop("_family") not in RECALL_FAMILIES:
+        family = keys.pop("_family")
+        table = table_of(run, family) if run.samples is not None else None
+        if table is None or table.empty:
             continue
-        recall = noise_recall(run.samples, meta)
         for key, value in reversed(list(keys.items())):
-            recall.insert(0, key, value)
-        parts.append(recall)
+            table.insert(0, key, value)
+        parts.append(table)
     if not parts:
-        return empty_recall()
-    return pd.concat(parts, ignore_index=True)[RECALL_COLUMNS]
+        return pd.DataFrame(columns=columns)
+    return pd.concat(parts, ignore_index=True)[columns]
 
 
 def quadrant_shares_by_label(samples: pd.DataFrame, meta: pd.DataFrame) -> pd.DataFrame:
@@ -205,19 +215,7 @@ def quadrant_shares_by_label(samples: pd.DataFrame, meta: pd.DataFrame) -> pd.Da
 def quadrant_table(runs: Iterable[Any], meta: pd.DataFrame, variants: Mapping[str, Any] | None = None
                    ) -> pd.DataFrame:
     """:func:`quadrant_shares_by_label` of every run whose trace has quadrants (Q-Tuning)."""
-    parts = []
-    for run in runs:
-        keys = _run_keys(run, variants)
-        keys.pop("_family")
-        table = quadrant_shares_by_label(run.samples, meta) if run.samples is not None else None
-        if table is None or table.empty:
-            continue
-        for key, value in reversed(list(keys.items())):
-            table.insert(0, key, value)
-        parts.append(table)
-    if not parts:
-        return empty_quadrants()
-    return pd.concat(parts, ignore_index=True)[QUADRANT_COLUMNS]
+    return _per_run(runs, lambda run, family: quadrant_shares_by_label(run.samples, meta), variants, QUADRANT_COLUMNS)
 
 
 # --------------------------------------------------------------------------- display
