@@ -111,7 +111,7 @@ def test_another_command_prefix_plans_no_job(finished, tmp_path):
 def test_a_new_learning_rate_retrains_every_run_and_the_reference(finished):
     cfg = smoke_with({"train": {"lr": 5.0e-4}})
     n = len(expand_runs(cfg))
-    assert n == 6  # full, q_tuning at 3 budgets, infobatch+ppl, rho1
+    assert n == 8  # full, q_tuning at 3 budgets, infobatch+ppl, rho1, oracle, anti_oracle
     # the reference model of rho1 is fine-tuned at train.lr (reference.lr is null): it is redone too
     assert plan(finished, {"train": {"lr": 5.0e-4}}) == Counter(
         {"train": n, "evaluate": n, "reference_model": 1, "aggregate": 1, "all": 1})
