@@ -82,7 +82,7 @@ def cmd_score_static(args: argparse.Namespace) -> None:
     from qtbench.methods.static import score_static
 
     score_static(args.method, args.model, args.data, args.options, args.out, model_entry=args.model_entry,
-                 data_cfg=args.data_config)
+                 data_cfg=args.data_config, inputs=args.inputs)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -222,6 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--options", type=_json, default={})
     p.add_argument("--model-entry", type=_json, default={})
     p.add_argument("--data-config", type=_json, default={}, help="the config's data section (JSON)")
+    p.add_argument("--inputs", type=_json, default={},
+                   help="what a method's own step gives its scoring (JSON; e.g. LESS's warm-up folder)")
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_score_static)
 

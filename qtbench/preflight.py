@@ -82,6 +82,33 @@ def models_needing_reference(config: Mapping[str, Any]) -> dict[str, bool]:
     return out
 
 
+def check_methods(config: Mapping[str, Any]) -> None:
+    """Each pruner a run uses may check its options against the whole config
+    (a classmethod ``check_config(options, config, key)``, e.g. LESS's target
+    set: a name missing from ``eval.tasks``, an unreadable file); ``key`` is
+    where its options sit (``method_options.<m>`` or ``variants.<v>.options``)
+    and the error names it."""
+    from qtbench.methods.registry import part_options, resolve_method
+
+    variants = config.get("variants") or {}
+    seen: set[str] = set()
+    for run in expand_runs(config):
+        resolved = resolve_method(run.method, variants)
+        options = part_options(run.method, config.get("method_options"), variants)
+        for role, cls in resolved.classes().items():
+            written = resolved.parts[role]
+            check = getattr(cls, "check_config", None)
+            if written in seen or not callable(check):
+                continue
+            seen.add(written)
+            base = resolved.variants[written].method if written in resolved.variants else written
+            key = f"variants.{written}.options" if written in resolved.variants else f"method_options.{base}"
+            try:
+                check(options[role], config, key)
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
+
+
 def check_config(config: Mapping[str, Any], *, skip_tasks: bool = False,
                  overwrite_resources: Mapping[str, Mapping[str, Any]] | None = None) -> None:
     """All DAG-build checks of a validated config (raises :class:`ConfigError`)."""
@@ -90,6 +117,7 @@ def check_config(config: Mapping[str, Any], *, skip_tasks: bool = False,
     reference = models_needing_reference(config)
     check_data(config, any(reference.values()))
     check_models(config)
+    check_methods(config)
     check_fsdp_gpus(config, reference, overwrite_resources)
     if not skip_tasks:
         check_tasks(config)

@@ -5,11 +5,17 @@ cached per model x data set x method and handed to the pruner's
 ``plan_epoch`` through ``DatasetInfo.static_scores``.  A static pruner's module
 provides ``static_scores(records, model, tokenizer, options) -> list[float]``;
 methods that need no model (lengths, character entropy) ignore it.
+
+A method whose scoring needs a step of its own (LESS's warm-up: a rule in
+``workflow/rules/methods/``) declares a keyword ``inputs``: the scoring call
+hands it the ``inputs`` mapping the ``static_scores`` rule was given (that
+rule's outputs by name, plus plain values such as the eval task names).
 """
 
 from __future__ import annotations
 
 import importlib
+import inspect
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -19,7 +25,8 @@ from qtbench.data.sources import load_sft_records
 
 
 def score_static(method: str, model_path: str, data: str, options: Mapping[str, Any], out: str | Path,
-                 model_entry: Mapping[str, Any] | None = None, data_cfg: Mapping[str, Any] | None = None) -> list[float]:
+                 model_entry: Mapping[str, Any] | None = None, data_cfg: Mapping[str, Any] | None = None,
+                 inputs: Mapping[str, Any] | None = None) -> list[float]:
     load_registry()
     if method not in SAMPLE_PRUNERS or not SAMPLE_PRUNERS[method].static:
         static = sorted(name for name, cls in SAMPLE_PRUNERS.items() if cls.static)
@@ -37,7 +44,11 @@ def score_static(method: str, model_path: str, data: str, options: Mapping[str, 
     entry = scoring_model_entry(options, model_entry)
     tokenizer = load_tokenizer(proxy, entry)
     model = load_model(proxy, entry).eval()
-    scores = [float(s) for s in scorer(records, model, tokenizer, dict(options))]
+    takes_inputs = "inputs" in inspect.signature(scorer).parameters
+    if inputs and not takes_inputs:
+        raise ValueError(f"{method}: static_scores() takes no 'inputs', but the rule gave {sorted(inputs)}")
+    extra = {"inputs": dict(inputs or {})} if takes_inputs else {}
+    scores = [float(s) for s in scorer(records, model, tokenizer, dict(options), **extra)]
     if len(scores) != len(records):
         raise ValueError(f"{method}: static_scores returned {len(scores)} scores for {len(records)} records")
     write_json_atomic(out, {"method": method, "model": str(proxy), "data": str(data), "n": len(scores), "scores": scores})

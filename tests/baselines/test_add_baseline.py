@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -93,3 +94,37 @@ def test_one_new_file_is_enough(tmp_path):
     # nothing else in the tree was touched
     assert sorted(p.name for p in (tree / "baselines").glob("*.py")) == sorted(
         [p.name for p in (REPO_ROOT / "baselines").glob("*.py")] + ["shortest_response.py"])
+
+
+def test_a_baseline_with_a_step_of_its_own(tmp_path):
+    """The README's second example: LESS is its method file plus one rule file
+    (workflow/rules/methods/less.smk); with both dropped into a tree that lacks
+    them, `snakemake -n` plans the warm-up rule, and the static_scores job of
+    `less` depends on it and hands its folder to the scoring call."""
+    tree = copy_tree(tmp_path / "tree")
+    files = {Path("baselines/less.py"), Path("workflow/rules/methods/less.smk")}
+    for rel in files:
+        (tree / rel).unlink()
+    assert "less_warmup" not in "".join(p.read_text() for p in (tree / "workflow").rglob("*.smk"))
+    for rel in files:  # the example: these two files and nothing else
+        shutil.copy(REPO_ROOT / rel, tree / rel)
+    config = tmp_path / "cfg.yaml"
+    config.write_text("experiment: step\nmethods: [less]\n")
+    env = {**os.environ, "PYTHONPATH": str(tree), "WANDB_MODE": "disabled"}
+    bootstrap = tmp_path / "bootstrap.py"
+    bootstrap.write_text(BOOTSTRAP)
+    base = [sys.executable, str(bootstrap), "snakemake", "--cores", "1", "--snakefile", str(tree / "Snakefile"),
+            "--directory", str(tmp_path / "work"), "--configfile", str(config)]
+
+    plan = subprocess.run(base + ["-n"], env=env, capture_output=True, text=True, timeout=300)
+    assert plan.returncode == 0, plan.stdout[-3000:] + plan.stderr[-3000:]
+    assert "rule less_warmup:" in plan.stdout and "rule static_scores:" in plan.stdout
+    assert "-m baselines.less warmup" in plan.stdout
+    assert '"warmup": "results/step/less/tiny/warmup-' in plan.stdout  # reaches score-static --inputs
+
+    dag = subprocess.run(base + ["--dag"], env=env, capture_output=True, text=True, timeout=300)
+    assert dag.returncode == 0, dag.stderr[-3000:]
+    label = dict(re.findall(r'^\s*(\d+)\[label = "([a-z_]+)', dag.stdout, re.M))
+    edges = {(label[a], label[b]) for a, b in re.findall(r"^\s*(\d+) -> (\d+)", dag.stdout, re.M)}
+    assert ("less_warmup", "static_scores") in edges and ("static_scores", "train") in edges, edges
+    assert ("base_model", "less_warmup") in edges, edges

@@ -149,6 +149,31 @@ def table_paths():
 # --------------------------------------------------------------------------- helpers of data.smk
 
 
+#: A static method with a step of its own (a rule in workflow/rules/methods/<m>.smk)
+#: registers here, by its registered name, a function of the static_scores job's
+#: wildcards -> {"inputs": {name: path}, "values": {name: JSON value}}: the paths
+#: become inputs of that job (so the step runs first), and both reach the
+#: method's static_scores(..., inputs=...) through `qtbench score-static --inputs`.
+STATIC_STEPS = {}
+
+
+def static_step(wildcards):
+    method = pruner_options(wildcards.sample_method, config["method_options"], config["variants"])[0]
+    step = STATIC_STEPS.get(method)
+    return step(wildcards) if step else {"inputs": {}, "values": {}}
+
+
+def static_scores_inputs(wildcards):
+    return {"base": base_model_input(wildcards.model), "data": sft_data_input(),
+            **static_step(wildcards)["inputs"]}
+
+
+def static_scores_step_arg(wildcards):
+    step = static_step(wildcards)
+    return as_arg({**step.get("values", {}), **step["inputs"]})
+
+
+
 def reference_run_config(model):
     """The reference model is `full` SFT of the base model on the clean reference split."""
     run = qconfig.RunSpec(model, "full", "1", "1", 0).as_dict()

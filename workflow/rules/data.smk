@@ -99,8 +99,7 @@ rule reference_model:
 # a rerun trigger (qtbench.config.split_run_config).
 rule static_scores:
     input:
-        base=lambda wc: base_model_input(wc.model),
-        data=sft_data_input(),
+        unpack(static_scores_inputs),  # + the outputs of a method's own step (STATIC_STEPS, common.smk)
     output:
         f"{R}/static/{{model}}/{{sample_method}}.json",
     params:
@@ -110,6 +109,7 @@ rule static_scores:
         options=lambda wc: as_arg(pruner_options(wc.sample_method, config["method_options"], config["variants"])[1]),
         entry=lambda wc: as_arg(model_entry(wc.model)),
         data_config=as_arg(config["data"]),
+        inputs=static_scores_step_arg,
         version=qtbench.__version__,
     wildcard_constraints:
         sample_method="[a-z][a-z0-9_]*",
@@ -126,4 +126,4 @@ rule static_scores:
         "../../environment.yml"
     shell:
         "{ON_GPUS} {resources.gpu} -- {QTBENCH_CMD} score-static --method {params.method} --model {params.model} "
-        "--data {params.data} --options {params.options} --model-entry {params.entry} --data-config {params.data_config} --out {output} > {log} 2>&1"
+        "--data {params.data} --options {params.options} --model-entry {params.entry} --data-config {params.data_config} --inputs {params.inputs} --out {output} > {log} 2>&1"
