@@ -44,6 +44,21 @@ def score_static(method: str, model_path: str, data: str, options: Mapping[str, 
     return scores
 
 
+def scoring_options(method: str, options: Mapping[str, Any], train_max_length: int) -> dict[str, Any]:
+    """A static pruner's options as its scoring job gets them: a scorer with a
+    ``max_length`` option left null scores at the training length
+    (``train.max_length``), so it sees the tokens training sees (IFD,
+    Superfiltering).  The static_scores rule passes the result as ``params``,
+    so a new training length rescores."""
+    load_registry()
+    out = dict(options)
+    cls = SAMPLE_PRUNERS.get(method)
+    keys = cls.option_keys() if cls is not None and hasattr(cls, "option_keys") else frozenset()
+    if "max_length" in keys and out.get("max_length") is None:
+        out["max_length"] = int(train_max_length)
+    return out
+
+
 def scoring_model_entry(options: Mapping[str, Any], model_entry: Mapping[str, Any] | None) -> dict[str, Any]:
     """How to load the scoring model: the base model's entry, or for a proxy
     (option ``proxy``, e.g. Superfiltering's GPT-2) an entry of its own - its

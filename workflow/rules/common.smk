@@ -162,6 +162,15 @@ def reference_run_config(model):
     return affecting  # W&B (off for the reference), threads, intervals: REFERENCE_SETTINGS
 
 
+def static_options(sample_method):
+    """A static pruner's scoring options; a null ``max_length`` = train.max_length
+    (qtbench.methods.static.scoring_options)."""
+    from qtbench.methods.static import scoring_options
+
+    method, options = pruner_options(sample_method, config["method_options"], config["variants"])
+    return scoring_options(method, options, config["train"]["max_length"])
+
+
 # --------------------------------------------------------------------------- helpers of train.smk
 
 

@@ -107,7 +107,7 @@ rule static_scores:
         model=lambda wc: base_model_path(wc.model),
         data=lambda wc, input: shlex.quote(input.data[0] if input.data else sft_data_path()),
         method=lambda wc: pruner_options(wc.sample_method, config["method_options"], config["variants"])[0],
-        options=lambda wc: as_arg(pruner_options(wc.sample_method, config["method_options"], config["variants"])[1]),
+        options=lambda wc: as_arg(static_options(wc.sample_method)),
         entry=lambda wc: as_arg(model_entry(wc.model)),
         data_config=as_arg(config["data"]),
         version=qtbench.__version__,
