@@ -35,7 +35,7 @@ from qtbench.data.sources import LoadReport, load_sft_records
 from qtbench.io import atomic_directory, read_json, write_json_atomic
 from qtbench.methods.base import Budget, DatasetInfo, EpochPlan, Method
 from qtbench.methods.registry import build_method
-from qtbench.models import check_model_path, count_parameters, load_model, load_tokenizer, resolve_device
+from qtbench.models import check_model_path, count_parameters, load_model, load_reference, load_tokenizer, resolve_device
 from qtbench.train import parallel, schedule
 from qtbench.train.checkpoint import (
     TRACE_FILE, WEIGHTS_FILE, Position, clear_state, load_checkpoint, position_from_state, run_fingerprint,
@@ -173,7 +173,8 @@ def set_up(cfg: Mapping[str, Any], out_dir: Path, state_dir: Path, base_model: s
     required = method.required_stats
     if "ref_nll" in required and reference_model is None:
         raise ValueError(f"method {run['method']!r} needs a reference model (models.{entry['name']}.reference)")
-    ref = load_model(reference_model, entry, device).eval() if "ref_nll" in required else None
+    # the reference's own revision / dtype, and a tokenizer check against the base model's
+    ref = load_reference(entry, reference_model, tokenizer, device).eval() if "ref_nll" in required else None
     frozen_base = load_model(base_model, entry, device).eval() if "base_nll" in required else None
     total_steps, first_plan = _plan_steps(tcfg, method, info, len(examples), world)
     optimizer = make_optimizer(model, float(tcfg["lr"]), float(tcfg["weight_decay"]))

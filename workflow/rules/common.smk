@@ -19,6 +19,7 @@ from qtbench.report.aggregate import TABLE_STEMS
 from qtbench.report.plots import PLOT_FORMATS, PLOT_NAMES
 from qtbench.report.render import TABLE_FORMATS
 from qtbench.methods.registry import uses_ground_truth
+from qtbench.models import reference_path
 
 # `--configfile` merges mappings key by key, so a config that names its own models
 # (config/paper.yaml) would also inherit the default's `tiny` world model: models
@@ -201,7 +202,7 @@ def train_extra_args(wildcards, input):
         args += ["--static-scores", input.static]
     run = run_of(wildcards)
     if needs_reference(run):
-        reference = config["models"][run.model]["reference"] or f"{R}/models/{run.model}/reference"
+        reference = reference_path(model_entry(run.model)) or f"{R}/models/{run.model}/reference"
         args += ["--reference-model", reference]
     if "meta" in input.keys():
         args += ["--meta", input.meta]
