@@ -117,6 +117,7 @@ def train(
     wandb_dir: str | Path | None = None,
     progress: bool = True,
     meta: str | Path | None = None,
+    token_scores: str | Path | None = None,
 ) -> dict[str, Any]:
     """Fine-tune ``base_model`` on ``data`` with the run's method; write the
     checkpoint folder ``out_dir`` (model, tokenizer, train_summary.json,
@@ -125,7 +126,7 @@ def train(
     started = time.time()
     out_dir = Path(out_dir)
     state_dir = Path(state_dir) if state_dir else out_dir.with_name(out_dir.name + ".state")
-    setup = set_up(cfg, out_dir, state_dir, base_model, data, static_scores, reference_model, meta)
+    setup = set_up(cfg, out_dir, state_dir, base_model, data, static_scores, reference_model, meta, token_scores)
     position = resume_or_start(setup)
     tracker = tracking.start_run(
         cfg.get("wandb", {}), name=setup.run["run_id"], group=cfg.get("experiment", "qtbench"), job_type="train",
@@ -137,7 +138,8 @@ def train(
 
 
 def set_up(cfg: Mapping[str, Any], out_dir: Path, state_dir: Path, base_model: str, data: str,
-           static_scores: str | Path | None, reference_model: str | None, meta: str | Path | None = None) -> Run:
+           static_scores: str | Path | None, reference_model: str | None, meta: str | Path | None = None,
+           token_scores: str | Path | None = None) -> Run:
     """Seeds, method, data, model (LoRA, FSDP), optimizer and schedule.
 
     Fails early, before any data is read or tokenized, on a bad method,
@@ -155,6 +157,13 @@ def set_up(cfg: Mapping[str, Any], out_dir: Path, state_dir: Path, base_model: s
     method = build_method(run["method"], Budget(float(run["r_s"]), float(run["r_t"])), cfg.get("method_options", {}), seed,
                           variants=cfg.get("variants"))
     check_ground_truth(run["method"], method, meta)
+    if method.needs_token_scores:  # TokenCleaning's global threshold: the token_scores rule's output
+        if token_scores is None:
+            raise ValueError(f"method {run['method']!r} needs the data set's token scores (threshold: global; "
+                             "rule token_scores, qtbench train --token-scores)")
+        from qtbench.methods.static import read_token_scores
+
+        method.set_token_scores(read_token_scores(token_scores))
     check_model_path(base_model)
     if reference_model is not None:
         check_model_path(reference_model)
