@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any, Mapping
 
@@ -13,21 +14,75 @@ from baselines._common import (
 )
 from qtbench.methods.base import Budget, DatasetInfo, EpochPlan
 
-SCORING_DEFAULTS = {"batch_size": 16, "max_length": 512}
+#: ``max_length: null`` = the training length (``train.max_length``), filled in
+#: by the static_scores rule (:func:`qtbench.methods.static.scoring_options`).
+SCORING_DEFAULTS = {"batch_size": 16, "max_length": None}
+
+log = logging.getLogger(__name__)
 
 
-def response_losses(records: list[dict], model: Any, tokenizer: Any, options: Mapping[str, Any]) -> tuple[list[float], list[float]]:
-    """Mean response NLL given the prompt, and of the response alone."""
+def model_context(model: Any) -> int | None:
+    """The longest sequence the scoring model takes (``max_position_embeddings``,
+    GPT-2's ``n_positions``), or None when its config does not say."""
+    config = getattr(model, "config", None)
+    for key in ("max_position_embeddings", "n_positions"):
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def scoring_length(model: Any, max_length: Any, method: str = "ifd") -> int:
+    """The scoring length: option ``max_length`` (the training length), capped
+    at the scoring model's context (Superfiltering's GPT-2: 1024 positions)."""
+    if max_length is None:
+        raise ValueError(f"option 'max_length' of method {method!r} is null: the static_scores rule sets it to "
+                         "train.max_length; give a number when scoring by hand")
+    length = check_positive_int(method, "max_length", max_length)
+    context = model_context(model)
+    if context is not None and context < length:
+        log.warning("%s: max_length %d exceeds the scoring model's %d positions; scoring at %d", method, length,
+                    context, context)
+        length = context
+    return length
+
+
+def ifd_examples(records: list[dict], tokenizer: Any, max_length: int) -> list[tuple[Any, Any]]:
+    """Per record, the (conditioned, alone) examples of the two IFD passes, over
+    the SAME response token ids.
+
+    The conditioned example is the training tokenization (``tokenize_example``:
+    BOS, prompt, response, EOS; an over-long record keeps its prompt and loses
+    the response's tail).  The alone example is a start token (BOS, else EOS)
+    followed by exactly the response ids the conditioned example kept, so a
+    truncation never makes the two passes score different tokens."""
+    from qtbench.data.batches import IGNORE_INDEX, TokenizedExample, tokenize_example
     from qtbench.data.template import format_prompt
+
+    start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    if start is None:
+        raise ValueError("IFD scoring needs a BOS or EOS token to start the response-alone pass")
+    pairs = []
+    for record in records:
+        prompt, response = format_prompt(record)
+        conditioned = tokenize_example(prompt, response, tokenizer, max_length)
+        ids = [label for label in conditioned.labels if label != IGNORE_INDEX]
+        alone = TokenizedExample([start] + ids, [IGNORE_INDEX] + ids, conditioned.truncated)
+        pairs.append((conditioned, alone))
+    return pairs
+
+
+def response_losses(records: list[dict], model: Any, tokenizer: Any, options: Mapping[str, Any],
+                    method: str = "ifd") -> tuple[list[float], list[float]]:
+    """Mean response NLL given the prompt, and of the same response tokens alone."""
     from qtbench.methods import stats as qstats
 
     batch_size = int(options.get("batch_size", SCORING_DEFAULTS["batch_size"]))
-    max_length = int(options.get("max_length", SCORING_DEFAULTS["max_length"]))
-    pairs = [format_prompt(r) for r in records]
-    prompts = [p for p, _ in pairs]
-    responses = [r for _, r in pairs]
-    conditioned = qstats.mean_response_nll(model, tokenizer, prompts, responses, batch_size=batch_size, max_length=max_length)
-    alone = qstats.mean_response_nll(model, tokenizer, [""] * len(responses), responses, batch_size=batch_size, max_length=max_length)
+    max_length = scoring_length(model, options.get("max_length"), method)
+    pairs = ifd_examples(records, tokenizer, max_length)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    conditioned = qstats.mean_example_nll(model, [c for c, _ in pairs], pad, batch_size)
+    alone = qstats.mean_example_nll(model, [a for _, a in pairs], pad, batch_size)
     return [float(x) for x in conditioned], [float(x) for x in alone]
 
 
@@ -79,7 +134,8 @@ class IfdSelection(EpochLevelSamplePruner):
             raise ValueError(f"option 'proxy_revision' of method {self.name!r} must be a commit or tag of the "
                              f"'proxy' model (and needs 'proxy'), got {revision!r}")
         check_positive_int(self.name, "batch_size", self.options["batch_size"])
-        check_positive_int(self.name, "max_length", self.options["max_length"])
+        if self.options["max_length"] is not None:
+            check_positive_int(self.name, "max_length", self.options["max_length"])
 
     def eligible(self, score: float) -> bool:
         if not math.isfinite(score):

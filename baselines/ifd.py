@@ -13,6 +13,15 @@ dropped.  The rest are ranked by IFD, highest first.
   the plain template renders them (``qtbench.data.template.format_prompt``); ``s(A)``
   scores the response after BOS alone (Cherry's code prefixes a short
   "### Response:" cue; Superfiltering scores the answer alone, as here);
+* length: the training length (``max_length: null`` = ``train.max_length``,
+  filled in by the static_scores rule; capped at the scoring model's context),
+  tokenized as training does (an over-long record loses its response's tail).
+  Both passes score the SAME response token ids: the response-alone pass takes
+  exactly the ids the conditioned pass kept (``baselines._ifd.ifd_examples``),
+  so a long prompt cannot truncate one pass's response and not the other's.
+  Cherry's code scores at 512 (Alpaca example) / 1024 tokens and truncates the
+  two passes separately; the training length is the faithful reading for a
+  benchmark that trains at 2048;
 * model: the base model (option ``proxy: null``, default; a model id or path
   there scores with that model instead - Cherry's paper scores with a briefly
   "pre-experienced" copy of the base model);
@@ -28,7 +37,11 @@ dropped.  The rest are ranked by IFD, highest first.
 
 Options: ``threshold`` (1.0), ``proxy`` (null = the base model; read by the
 static scoring rule, ``qtbench.methods.static``), ``batch_size`` (16) and ``max_length``
-(512) for scoring, ``double_prune`` (false).
+(null = ``train.max_length``) for scoring, ``double_prune`` (false).
+
+Compute: two no-grad forwards of the scoring model over the data set, once per
+model x data set (the conditioned pass over up to ``max_length`` tokens per
+record, the response-alone pass over its kept response tokens).
 """
 
 from __future__ import annotations
@@ -43,7 +56,7 @@ from qtbench.methods.registry import register_sample_pruner
 def static_scores(records: list[dict], model: Any, tokenizer: Any, options: Mapping[str, Any]) -> list[float]:
     """IFD = mean loss(y | x) / mean loss(y) under ``model`` (one float per record)."""
     Ifd(Budget(), options)  # validate the options before any scoring
-    conditioned, alone = response_losses(records, model, tokenizer, options)
+    conditioned, alone = response_losses(records, model, tokenizer, options, "ifd")
     return ifd_from_losses(conditioned, alone, "loss")
 
 

@@ -20,11 +20,17 @@ the top ``int(r_s * N)`` of the whole data set by IFD are kept.
 * keeps: the ``max(1, round(N * r_s))`` highest among IFD < ``threshold`` (1.0;
   ``null`` disables); ties: lower index first; fewer eligible -> fewer kept (traced).
 
+* length: the training length (``max_length: null`` = ``train.max_length``, set
+  by the static_scores rule), capped at the proxy's context (GPT-2: 1024, the
+  official code's ``max_length``); both passes score the SAME response token
+  ids (the response-alone pass takes exactly the ids the conditioned pass kept
+  after truncation: ``baselines._ifd.ifd_examples``).
+
 Compute: two forward passes of the proxy over the data set (prompt+response and
-response alone), i.e. about ``2 * N * L`` proxy tokens, once per data set.
+the kept response alone), i.e. at most ``2 * N * L`` proxy tokens, once per data set.
 
 Options: ``threshold`` (1.0), ``proxy`` (null), ``proxy_revision`` (null), ``batch_size`` (16),
-``max_length`` (512), ``double_prune`` (false).
+``max_length`` (null = ``train.max_length``), ``double_prune`` (false).
 """
 
 from __future__ import annotations
@@ -39,7 +45,7 @@ from qtbench.methods.registry import register_sample_pruner
 def static_scores(records: list[dict], model: Any, tokenizer: Any, options: Mapping[str, Any]) -> list[float]:
     """IFD = PPL(y | x) / PPL(y) under the proxy ``model`` (one float per record)."""
     Superfiltering(Budget(), options)  # validate the options before any scoring
-    conditioned, alone = response_losses(records, model, tokenizer, options)
+    conditioned, alone = response_losses(records, model, tokenizer, options, "superfiltering")
     return ifd_from_losses(conditioned, alone, "ppl")
 
 

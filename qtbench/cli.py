@@ -65,7 +65,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     try:
         summary = train(with_settings(args.run_config, args.settings, args.threads), args.out, args.base_model, args.data, static_scores=args.static_scores,
                         reference_model=args.reference_model, state_dir=args.state_dir, wandb_dir=args.wandb_dir,
-                        progress=not args.no_progress, meta=args.meta)
+                        progress=not args.no_progress, meta=args.meta, token_scores=args.token_scores)
     finally:
         import torch.distributed as dist
 
@@ -83,6 +83,13 @@ def cmd_score_static(args: argparse.Namespace) -> None:
 
     score_static(args.method, args.model, args.data, args.options, args.out, model_entry=args.model_entry,
                  data_cfg=args.data_config, inputs=args.inputs)
+
+
+def cmd_score_tokens(args: argparse.Namespace) -> None:
+    from qtbench.methods.static import score_tokens
+
+    score_tokens(args.base_model, args.reference_model, args.data, args.out, model_entry=args.model_entry,
+                 data_cfg=args.data_config, max_length=args.max_length, batch_size=args.batch_size)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -213,7 +220,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wandb-dir")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--meta", help="the world's sft_meta.jsonl: ground-truth labels for a control (oracle, anti_oracle)")
+    p.add_argument("--token-scores", help="the data set's per-token scores (score-tokens; TokenCleaning's global threshold)")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("score-tokens", help="score every response token once with the base and reference models "
+                                            "(TokenCleaning's global threshold)")
+    p.add_argument("--base-model", required=True)
+    p.add_argument("--reference-model", required=True)
+    p.add_argument("--data", required=True)
+    p.add_argument("--model-entry", type=_json, default={}, help="the base model's config entry (JSON; its reference too)")
+    p.add_argument("--data-config", type=_json, default={}, help="the config's data section (JSON)")
+    p.add_argument("--max-length", type=int, required=True, help="train.max_length")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--out", required=True, help="a .npy file: the scores, sorted descending (float32)")
+    p.set_defaults(func=cmd_score_tokens)
 
     p = sub.add_parser("score-static", help="score a data set once for a static sample pruner")
     p.add_argument("--method", required=True)

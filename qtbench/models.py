@@ -106,5 +106,75 @@ def load_model(path: str, entry: Mapping[str, Any] | None = None, device: str | 
     return model.to(device)
 
 
+def reference_entry(model_entry: Mapping[str, Any], built_path: str | None = None) -> dict[str, Any] | None:
+    """The reference model's own entry (Rho-1, TokenCleaning): ``name``,
+    ``path``, ``revision``, ``dtype``, ``trust_remote_code``.
+
+    ``models.<m>.reference`` is null (the reference_model rule fine-tunes the
+    base model: ``built_path``, a local folder, no revision), a path or id
+    (revision null, the base model's dtype) or a mapping ``{path, revision,
+    dtype, trust_remote_code}``.  The reference never inherits the base model's
+    revision (a commit of another repository), nor - unless it is the base
+    model's own fine-tune - its ``trust_remote_code``.  None when there is no
+    reference."""
+    name = f"{model_entry.get('name', '<model>')}.reference"
+    dtype = model_entry.get("dtype", "auto")
+    ref = model_entry.get("reference")
+    if ref is None:
+        if built_path is None:
+            return None
+        return {"name": name, "path": str(built_path), "revision": None, "dtype": dtype,
+                "trust_remote_code": trust_remote_code(model_entry)}
+    if isinstance(ref, str) and ref:
+        return {"name": name, "path": ref, "revision": None, "dtype": dtype, "trust_remote_code": False}
+    if isinstance(ref, Mapping) and isinstance(ref.get("path"), str) and ref["path"]:
+        out = {"name": name, "path": ref["path"], "revision": ref.get("revision"), "dtype": ref.get("dtype") or dtype,
+               "trust_remote_code": ref.get("trust_remote_code", False)}
+        out["trust_remote_code"] = trust_remote_code(out)
+        return out
+    raise ValueError(f"models.{name} must be null, a model path or id, or a mapping with 'path' "
+                     f"(and optionally revision, dtype, trust_remote_code), got {ref!r}")
+
+
+def reference_path(model_entry: Mapping[str, Any]) -> str | None:
+    """The configured reference model's path or id (None: built by the reference_model rule)."""
+    entry = reference_entry(model_entry)
+    return None if entry is None else entry["path"]
+
+
+def check_same_tokenizer(base: Any, reference: Any, key: str) -> None:
+    """Refuse a reference model whose tokenizer is not the base model's: Rho-1
+    and TokenCleaning subtract per-token losses of the same token ids, which
+    means nothing across vocabularies.  Compares the vocabulary (token -> id)
+    and the BOS / EOS / UNK ids; the error names the config ``key``."""
+    problems = []
+    base_vocab, ref_vocab = base.get_vocab(), reference.get_vocab()
+    if base_vocab != ref_vocab:
+        differ = sorted(set(base_vocab.items()) ^ set(ref_vocab.items()), key=lambda item: (item[1], item[0]))[:3]
+        problems.append(f"vocabularies differ ({len(base_vocab)} vs {len(ref_vocab)} tokens; e.g. {differ})")
+    for attr in ("bos_token_id", "eos_token_id", "unk_token_id"):
+        b, r = getattr(base, attr, None), getattr(reference, attr, None)
+        if b != r:
+            problems.append(f"{attr} {b!r} (base) vs {r!r} (reference)")
+    if problems:
+        raise ValueError(f"config key {key!r}: the reference model's tokenizer differs from the base model's: "
+                         f"{'; '.join(problems)}. Rho-1 and TokenCleaning compare per-token losses of the same "
+                         "token ids: use a reference that shares the base model's tokenizer")
+
+
+def load_reference(model_entry: Mapping[str, Any], path: str, base_tokenizer: Any,
+                   device: str | torch.device = "auto") -> Any:
+    """The reference model at ``path``, loaded with its own entry
+    (:func:`reference_entry`) after checking its tokenizer against the base
+    model's (:func:`check_same_tokenizer`)."""
+    entry = reference_entry(model_entry, path)
+    if entry is None:
+        raise ValueError(f"models.{model_entry.get('name', '<model>')}.reference: no reference model")
+    entry = {**entry, "path": str(path)}
+    check_model_path(path)
+    check_same_tokenizer(base_tokenizer, load_tokenizer(path, entry), f"models.{entry['name']}")
+    return load_model(path, entry, device)
+
+
 def count_parameters(model: Any) -> int:
     return sum(p.numel() for p in model.parameters())

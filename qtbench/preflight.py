@@ -44,6 +44,13 @@ def check_models(config: Mapping[str, Any]) -> None:
     for name, entry in config["models"].items():
         for key in ("path", "reference"):
             path = entry.get(key)
+            if key == "reference" and path is not None:
+                from qtbench.models import reference_entry
+
+                try:
+                    path = reference_entry({"name": name, **entry})["path"]
+                except ValueError as exc:
+                    raise ConfigError(f"config key 'models.{name}.reference': {exc}") from None
             if not path or path == "world":
                 continue
             if Path(path).expanduser().exists() or looks_local(path):

@@ -17,10 +17,11 @@ from typing import Any, Mapping
 from qtbench.config import ConfigError
 
 #: Every rule of the workflow that runs a job (``all`` runs nothing).
-RULES = ("world", "base_model", "reference_model", "static_scores", "train", "evaluate", "evaluate_base", "aggregate")
+RULES = ("world", "base_model", "reference_model", "static_scores", "token_scores", "train", "evaluate", "evaluate_base",
+         "aggregate")
 
 #: The rules whose command is wrapped in the GPU launcher (qtbench.launch).
-GPU_RULES = ("reference_model", "static_scores", "train", "evaluate", "evaluate_base")
+GPU_RULES = ("reference_model", "static_scores", "token_scores", "train", "evaluate", "evaluate_base")
 
 #: Rules that train with ``train.fsdp`` (the reference model is a full-data fine-tune).
 TRAINING_RULES = ("train", "reference_model")

@@ -125,4 +125,5 @@ def test_a_static_pruners_variant_scores_with_its_own_options(tmp_path):
     # both are scored by the registered `ifd`, each with its own options
     commands = [line for line in text.splitlines() if "score-static" in line]
     assert len(commands) == 2 and all("--method ifd " in line for line in commands)
-    assert sum("--options '{\"threshold\": 0.9}'" in line for line in commands) == 1
+    # (max_length: null = the default config's train.max_length, 256, filled in by the rule)
+    assert sum("--options '{\"max_length\": 256, \"threshold\": 0.9}'" in line for line in commands) == 1

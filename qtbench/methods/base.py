@@ -326,6 +326,15 @@ class TokenPruner:
     def select_tokens(self, stats: BatchStats, candidates: Tensor) -> tuple[Tensor, dict[str, Any]]:
         return candidates.clone(), {}
 
+    #: True when the pruner needs the data set's per-token scores, computed once
+    #: before training (the token_scores rule; TokenCleaning's global threshold)
+    needs_token_scores: bool = False
+
+    def set_token_scores(self, scores: Tensor) -> None:
+        """Receive every response token's score over the data set (1-d), once,
+        before the first step (only when ``needs_token_scores``)."""
+        raise NotImplementedError(f"token pruner {self.name!r} takes no data-set token scores")
+
     def state_dict(self) -> dict[str, Any]:
         return {}
 
@@ -358,6 +367,15 @@ class Method:
     def uses_ground_truth(self) -> bool:
         """The method reads ``DatasetInfo.labels`` (a control, not a selection rule)."""
         return False
+
+    @property
+    def needs_token_scores(self) -> bool:
+        """The method needs the data set's per-token scores before training
+        (:meth:`set_token_scores`; the token_scores rule)."""
+        return False
+
+    def set_token_scores(self, scores: Tensor) -> None:
+        raise NotImplementedError(f"method {self.name!r} takes no data-set token scores")
 
     def plan_epoch(self, epoch: int, num_epochs: int, data: DatasetInfo) -> EpochPlan | None:
         return None
@@ -415,6 +433,13 @@ class PairMethod(Method):
     @property
     def needs_select(self) -> bool:
         return self.needs_stats_pass or self.sample.needs_select or self.token.needs_select
+
+    @property
+    def needs_token_scores(self) -> bool:
+        return bool(self.token.needs_token_scores)
+
+    def set_token_scores(self, scores: Tensor) -> None:
+        self.token.set_token_scores(scores)
 
     def plan_epoch(self, epoch: int, num_epochs: int, data: DatasetInfo) -> EpochPlan | None:
         return self.sample.plan_epoch(epoch, num_epochs, data)

@@ -164,6 +164,21 @@ def required_stats(name: str, options: Mapping[str, Mapping[str, Any]] | None = 
     return frozenset(needed)
 
 
+def needs_token_scores(name: str, options: Mapping[str, Mapping[str, Any]] | None = None,
+                       variants: Mapping[str, Any] | None = None) -> bool:
+    """True when a run of ``name`` needs the data set's per-token scores before
+    training (the token_scores rule: TokenCleaning's global threshold), read
+    from the classes and the run's options (a class says so with a classmethod
+    ``token_scores_for_options(options)``); nothing is built."""
+    resolved = resolve_method(name, variants)
+    per_part = part_options(name, options, variants)
+    for role, cls in resolved.classes().items():
+        by_options = getattr(cls, "token_scores_for_options", None)
+        if by_options is not None and by_options(per_part[role]):
+            return True
+    return False
+
+
 def uses_ground_truth(name: str, variants: Mapping[str, Any] | None = None) -> bool:
     """True when a config method name runs a control that reads the world's
     ground-truth labels (a registered class with ``uses_ground_truth = True``,

@@ -267,16 +267,20 @@ def mean_response_nll(
     max_length: int = 512,
 ) -> list[float]:
     """Mean NLL of each response's tokens given its prompt (``""`` scores the
-    response alone, after BOS).  Used by static scorers such as IFD."""
+    response alone, after BOS)."""
+    examples = [tokenize_example(p, r, tokenizer, max_length) for p, r in zip(prompts, responses)]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    return mean_example_nll(model, examples, pad, batch_size)
+
+
+def mean_example_nll(model: Any, examples: Sequence[Any], pad_id: int, batch_size: int = 16) -> list[float]:
+    """Mean NLL of each tokenized example's labelled (response) tokens, in
+    batches of ``batch_size``.  Used by static scorers such as IFD, which build
+    the examples themselves (``baselines._ifd.ifd_examples``)."""
     device = next(model.parameters()).device
     losses: list[float] = []
-    for start in range(0, len(prompts), batch_size):
-        examples = [
-            tokenize_example(p, r, tokenizer, max_length)
-            for p, r in zip(prompts[start : start + batch_size], responses[start : start + batch_size])
-        ]
-        batch = {k: v.to(device) for k, v in collate(examples, pad).items()}
+    for start in range(0, len(examples), batch_size):
+        batch = {k: v.to(device) for k, v in collate(examples[start : start + batch_size], pad_id).items()}
         stats = compute_batch_stats(model, batch, {"nll"})
         losses.extend(stats.sample_mean_loss().tolist())
     return losses

@@ -35,7 +35,7 @@ from qtbench.data.sources import LoadReport, load_sft_records
 from qtbench.io import atomic_directory, read_json, write_json_atomic
 from qtbench.methods.base import Budget, DatasetInfo, EpochPlan, Method
 from qtbench.methods.registry import build_method
-from qtbench.models import check_model_path, count_parameters, load_model, load_tokenizer, resolve_device
+from qtbench.models import check_model_path, count_parameters, load_model, load_reference, load_tokenizer, resolve_device
 from qtbench.train import parallel, schedule
 from qtbench.train.checkpoint import (
     TRACE_FILE, WEIGHTS_FILE, Position, clear_state, load_checkpoint, position_from_state, run_fingerprint,
@@ -117,6 +117,7 @@ def train(
     wandb_dir: str | Path | None = None,
     progress: bool = True,
     meta: str | Path | None = None,
+    token_scores: str | Path | None = None,
 ) -> dict[str, Any]:
     """Fine-tune ``base_model`` on ``data`` with the run's method; write the
     checkpoint folder ``out_dir`` (model, tokenizer, train_summary.json,
@@ -125,7 +126,7 @@ def train(
     started = time.time()
     out_dir = Path(out_dir)
     state_dir = Path(state_dir) if state_dir else out_dir.with_name(out_dir.name + ".state")
-    setup = set_up(cfg, out_dir, state_dir, base_model, data, static_scores, reference_model, meta)
+    setup = set_up(cfg, out_dir, state_dir, base_model, data, static_scores, reference_model, meta, token_scores)
     position = resume_or_start(setup)
     tracker = tracking.start_run(
         cfg.get("wandb", {}), name=setup.run["run_id"], group=cfg.get("experiment", "qtbench"), job_type="train",
@@ -137,7 +138,8 @@ def train(
 
 
 def set_up(cfg: Mapping[str, Any], out_dir: Path, state_dir: Path, base_model: str, data: str,
-           static_scores: str | Path | None, reference_model: str | None, meta: str | Path | None = None) -> Run:
+           static_scores: str | Path | None, reference_model: str | None, meta: str | Path | None = None,
+           token_scores: str | Path | None = None) -> Run:
     """Seeds, method, data, model (LoRA, FSDP), optimizer and schedule.
 
     Fails early, before any data is read or tokenized, on a bad method,
@@ -155,6 +157,13 @@ def set_up(cfg: Mapping[str, Any], out_dir: Path, state_dir: Path, base_model: s
     method = build_method(run["method"], Budget(float(run["r_s"]), float(run["r_t"])), cfg.get("method_options", {}), seed,
                           variants=cfg.get("variants"))
     check_ground_truth(run["method"], method, meta)
+    if method.needs_token_scores:  # TokenCleaning's global threshold: the token_scores rule's output
+        if token_scores is None:
+            raise ValueError(f"method {run['method']!r} needs the data set's token scores (threshold: global; "
+                             "rule token_scores, qtbench train --token-scores)")
+        from qtbench.methods.static import read_token_scores
+
+        method.set_token_scores(read_token_scores(token_scores))
     check_model_path(base_model)
     if reference_model is not None:
         check_model_path(reference_model)
@@ -173,7 +182,8 @@ def set_up(cfg: Mapping[str, Any], out_dir: Path, state_dir: Path, base_model: s
     required = method.required_stats
     if "ref_nll" in required and reference_model is None:
         raise ValueError(f"method {run['method']!r} needs a reference model (models.{entry['name']}.reference)")
-    ref = load_model(reference_model, entry, device).eval() if "ref_nll" in required else None
+    # the reference's own revision / dtype, and a tokenizer check against the base model's
+    ref = load_reference(entry, reference_model, tokenizer, device).eval() if "ref_nll" in required else None
     frozen_base = load_model(base_model, entry, device).eval() if "base_nll" in required else None
     total_steps, first_plan = _plan_steps(tcfg, method, info, len(examples), world)
     optimizer = make_optimizer(model, float(tcfg["lr"]), float(tcfg["weight_decay"]))

@@ -216,6 +216,20 @@ def test_ifd_needs_static_scores():
         make("ifd", Budget(0.5)).plan_epoch(0, 3, DatasetInfo([{}] * 2, [1, 1]))
 
 
+def char_tokenizer():
+    """One token per character: ``<pad>`` 0, ``<s>`` 1, ``</s>`` 2, ``<unk>`` 3, then
+    ``\n`` 4, `` `` 5, ``0``-``9`` 6-15, ``:`` 16, ``A`` 17, ``S`` 18, ``a``-``z`` 19-44."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    chars = sorted(set("abcdefghijklmnopqrstuvwxyzAS:\n 0123456789"))
+    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3, **{c: i + 4 for i, c in enumerate(chars)}}
+    core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
+    return PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+                                   unk_token="<unk>")
+
+
 def test_ifd_static_scores_with_patched_scoring(monkeypatch):
     import baselines.ifd as ifd
     import baselines.superfiltering as sf
@@ -223,21 +237,65 @@ def test_ifd_static_scores_with_patched_scoring(monkeypatch):
 
     calls = []
 
-    def fake(model, tokenizer, prompts, responses, batch_size=16, max_length=512):
-        calls.append((list(prompts), list(responses), batch_size, max_length))
-        if prompts[0] == "":
+    def fake(model, examples, pad_id, batch_size=16):
+        calls.append(([e.input_ids for e in examples], batch_size))
+        if len(calls) % 2 == 0:  # the second pass of each scoring: the response alone
             return [2.0, 1.0]
         return [1.0, 2.0]
 
-    monkeypatch.setattr(qstats, "mean_response_nll", fake)
+    monkeypatch.setattr(qstats, "mean_example_nll", fake)
     records = [{"instruction": "Add", "input": "", "output": "4"},
                {"instruction": "Say", "input": "hi", "output": "hello"}]
-    assert ifd.static_scores(records, None, None, {"batch_size": 4}) == pytest.approx([0.5, 2.0])
-    assert calls[0] == (["Add\nAnswer:", "Say\n\nhi\nAnswer:"], [" 4", " hello"], 4, 512)
-    assert calls[1][0] == ["", ""]
-    assert sf.static_scores(records, None, None, {}) == pytest.approx([math.exp(-1.0), math.exp(1.0)])
+    tok = char_tokenizer()
+    assert ifd.static_scores(records, None, tok, {"batch_size": 4, "max_length": 64}) == pytest.approx([0.5, 2.0])
+    # "Add\nAnswer:" then " 4" and EOS; the alone pass: BOS, " 4", EOS
+    assert calls[0][0][0] == [1, 17, 22, 22, 4, 17, 32, 37, 41, 23, 36, 16, 5, 10, 2] and calls[0][1] == 4
+    assert calls[1][0] == [[1, 5, 10, 2], [1, 5, 26, 23, 30, 30, 33, 2]]
+    assert sf.static_scores(records, None, tok, {"max_length": 64}) == pytest.approx([math.exp(-1.0), math.exp(1.0)])
     with pytest.raises(ValueError, match="'bogus'"):
-        ifd.static_scores(records, None, None, {"bogus": 1})
+        ifd.static_scores(records, None, tok, {"bogus": 1})
+    with pytest.raises(ValueError, match="'max_length'.*train.max_length"):
+        ifd.static_scores(records, None, tok, {})  # null: only the static_scores rule knows the training length
+
+
+def test_ifd_passes_score_the_same_response_ids_when_truncated():
+    """A record longer than max_length: the conditioned pass keeps its prompt and
+    loses the response's tail (as training does); the response-alone pass scores
+    exactly the response ids the conditioned pass kept, not the whole response
+    (before: the alone pass kept all of " xyz</s>", the conditioned one " xy")."""
+    from baselines._ifd import ifd_examples
+
+    tok = char_tokenizer()
+    long = {"instruction": "abcdef", "input": "", "output": "xyz"}   # prompt "abcdef\nAnswer:": 14 chars
+    short = {"instruction": "ab", "input": "", "output": "xyz"}      # 1 + 10 + 5 = 16 tokens: fits
+    (cond, alone), (cond2, alone2) = ifd_examples([long, short], tok, max_length=18)
+    # BOS + 14 prompt chars = 15 positions; 18 - 15 = 3 response tokens: " ", "x", "y"
+    assert cond.input_ids == [1, 19, 20, 21, 22, 23, 24, 4, 17, 32, 37, 41, 23, 36, 16, 5, 42, 43]
+    assert [t for t in cond.labels if t != -100] == [5, 42, 43] and cond.truncated
+    assert alone.input_ids == [1, 5, 42, 43] and alone.labels == [-100, 5, 42, 43]
+    # not truncated: both passes score " xyz" and EOS
+    assert [t for t in cond2.labels if t != -100] == [5, 42, 43, 44, 2] and not cond2.truncated
+    assert alone2.input_ids == [1, 5, 42, 43, 44, 2] and alone2.labels == [-100, 5, 42, 43, 44, 2]
+
+
+def test_ifd_scores_at_the_training_length():
+    """The static_scores rule fills a null max_length with train.max_length (not
+    a fixed 512); the scoring model's context caps it (GPT-2: 1024)."""
+    from types import SimpleNamespace
+
+    from baselines._ifd import scoring_length
+    from qtbench.methods.static import scoring_options
+
+    assert scoring_options("ifd", {}, 2048)["max_length"] == 2048
+    assert scoring_options("superfiltering", {"proxy": "gpt2"}, 2048) == {"proxy": "gpt2", "max_length": 2048}
+    assert scoring_options("ifd", {"max_length": 300}, 2048)["max_length"] == 300  # set by hand: kept
+    assert scoring_options("longest", {}, 2048) == {}  # no max_length option: untouched
+    assert make("ifd", Budget(0.5)).options["max_length"] is None
+    gpt2 = SimpleNamespace(config=SimpleNamespace(n_positions=1024))
+    llama = SimpleNamespace(config=SimpleNamespace(max_position_embeddings=4096))
+    assert scoring_length(gpt2, 2048) == 1024 and scoring_length(llama, 2048) == 2048
+    with pytest.raises(ValueError, match="max_length"):
+        scoring_length(llama, None)
 
 
 def test_ifd_static_scores_tiny_model():

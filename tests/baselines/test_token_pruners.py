@@ -79,13 +79,62 @@ def test_rho1_excess_loss_batch_default_and_per_sample():
 
 def test_token_cleaning_batch_sample_and_threshold():
     s = stats(ref=TC_REF)
-    # batch top four: 3.0 (1,p4), 2.5 (0,p3), 1.5 (0,p2), 1.0 (0,p1)
-    assert torch.equal(run("token_cleaning", s=s), mask([[1, 2, 3], [4]]))
+    # threshold: batch - batch top four: 3.0 (1,p4), 2.5 (0,p3), 1.5 (0,p2), 1.0 (0,p1)
+    assert torch.equal(run("token_cleaning", {"threshold": "batch"}, s=s), mask([[1, 2, 3], [4]]))
     # per sample: row 0 p3 (2.5), p2 (1.5); row 1 p4 (3.0), p3 (.8)
-    assert torch.equal(run("token_cleaning", {"scope": "sample"}, s=s), mask([[2, 3], [3, 4]]))
-    # static global threshold 1.2: scores >= 1.2 -> (0,p2) 1.5, (0,p3) 2.5, (1,p4) 3.0
+    assert torch.equal(run("token_cleaning", {"threshold": "batch", "scope": "sample"}, s=s), mask([[2, 3], [3, 4]]))
+    # a fixed cut 1.2: scores >= 1.2 -> (0,p2) 1.5, (0,p3) 2.5, (1,p4) 3.0
     assert torch.equal(run("token_cleaning", {"threshold": 1.2}, s=s), mask([[2, 3], [4]]))
     assert TOKEN_PRUNERS["token_cleaning"].required_stats == {"base_nll", "ref_nll"}
+
+
+def test_token_cleaning_global_threshold_by_hand():
+    """The paper's static cut: the data set's 10 response-token scores (by hand,
+    sorted: 4.0 3.0 2.5 2.0 1.5 1.0 0.8 0.5 0.1 -0.2), r_t = 0.5 -> k = 5 -> the cut
+    is the 5th highest, 1.5; r_t = 0.6 -> k = 6 -> 1.0; r_t = 0.7 -> k = 7 -> 0.8; r_t = 0.25 -> k = round(2.5)
+    = 2 (half to even) -> 3.0.  Applied per batch: keep score >= cut."""
+    from baselines.token_cleaning import threshold_from_scores
+
+    data = [1.0, -0.2, 2.5, 0.8, 4.0, 0.1, 1.5, 3.0, 0.5, 2.0]
+    assert threshold_from_scores(data, 0.5) == 1.5
+    assert threshold_from_scores(data, 0.6) == 1.0
+    assert threshold_from_scores(data, 0.7) == 0.8
+    assert threshold_from_scores(data, 0.25) == 3.0
+    assert threshold_from_scores(data, 1.0) == -0.2
+    with pytest.raises(ValueError, match="no response tokens"):
+        threshold_from_scores([], 0.5)
+
+    pruner = TOKEN_PRUNERS["token_cleaning"](Budget(1.0, 0.5), {}, 0)  # threshold: global, the default
+    assert pruner.needs_token_scores
+    s = stats(ref=TC_REF)
+    with pytest.raises(ValueError, match="token scores"):
+        pruner.select_tokens(s, s.response_mask)  # no pre-pass given
+    pruner.set_token_scores(torch.tensor(data))
+    keep, trace = pruner.select_tokens(s, s.response_mask)
+    # batch scores: row 0 p1 1.0, p2 1.5, p3 2.5, p4 0 ; row 1 p2 0, p3 .8, p4 3.0, p5 .1 -> >= 1.5: (0,p2), (0,p3), (1,p4)
+    assert torch.equal(keep, mask([[2, 3], [4]])) and trace["token_threshold"] == 1.5
+    # the same batch at r_t = 0.6: k = 6 -> cut 1.0 -> also (0,p1) 1.5 - 0.5 = 1.0 (a tie at the cut stays)
+    wide = TOKEN_PRUNERS["token_cleaning"](Budget(1.0, 0.6), {"threshold": "global"}, 0)
+    wide.set_token_scores(torch.tensor(data))
+    assert torch.equal(wide.select_tokens(s, s.response_mask)[0], mask([[1, 2, 3], [4]]))
+
+
+def test_token_cleaning_threshold_option():
+    from qtbench.methods.registry import build_method, needs_token_scores
+
+    assert needs_token_scores("token_cleaning") and needs_token_scores("random+token_cleaning")
+    assert not needs_token_scores("token_cleaning", {"token_cleaning": {"threshold": "batch"}})
+    assert not needs_token_scores("token_cleaning", {"token_cleaning": {"threshold": 0.3}})
+    assert not needs_token_scores("rho1") and not needs_token_scores("q_tuning")
+    variants = {"tc_batch": {"method": "token_cleaning", "options": {"threshold": "batch"}}}
+    assert not needs_token_scores("tc_batch", {}, variants) and needs_token_scores("random+token_cleaning", {}, variants)
+    assert build_method("random+token_cleaning", Budget(0.5, 0.5)).needs_token_scores
+    assert not build_method("rho1", Budget(1.0, 0.5)).needs_token_scores
+    with pytest.raises(ValueError, match="'threshold'"):
+        TOKEN_PRUNERS["token_cleaning"](Budget(1.0, 0.5), {"threshold": "dataset"}, 0)
+    with pytest.raises(ValueError, match="count_prompt"):
+        TOKEN_PRUNERS["token_cleaning"](Budget(1.0, 0.5), {"count_prompt": True}, 0)
+    TOKEN_PRUNERS["token_cleaning"](Budget(1.0, 0.5), {"count_prompt": True, "threshold": "batch"}, 0)
 
 
 def test_fastv_keeps_most_attended_per_sample():
@@ -161,7 +210,8 @@ def test_exact_counts_property(b, t, ratio, name, scope, seed):
     vals = lambda: torch.rand(b, t, generator=g) * resp  # noqa: E731
     s = BatchStats.from_tensors(vals(), vals(), resp, torch.ones(b, t, dtype=torch.bool), ref_nll=vals(),
                                 base_nll=vals(), attention_received=torch.rand(b, t, generator=g))
-    pruner = TOKEN_PRUNERS[name](Budget(1.0, ratio), {"scope": scope}, seed)
+    options = {"scope": scope, **({"threshold": "batch"} if name == "token_cleaning" else {})}
+    pruner = TOKEN_PRUNERS[name](Budget(1.0, ratio), options, seed)
     keep, _ = pruner.select_tokens(s, cand)
     assert not bool((keep & ~cand).any())
     if scope == "sample":

@@ -19,6 +19,8 @@ from qtbench.report.aggregate import TABLE_STEMS
 from qtbench.report.plots import PLOT_FORMATS, PLOT_NAMES
 from qtbench.report.render import TABLE_FORMATS
 from qtbench.methods.registry import uses_ground_truth
+from qtbench.methods.registry import needs_token_scores as method_needs_token_scores
+from qtbench.models import reference_path
 
 # `--configfile` merges mappings key by key, so a config that names its own models
 # (config/paper.yaml) would also inherit the default's `tiny` world model: models
@@ -187,6 +189,25 @@ def reference_run_config(model):
     return affecting  # W&B (off for the reference), threads, intervals: REFERENCE_SETTINGS
 
 
+def static_options(sample_method):
+    """A static pruner's scoring options; a null ``max_length`` = train.max_length
+    (qtbench.methods.static.scoring_options)."""
+    from qtbench.methods.static import scoring_options
+
+    method, options = pruner_options(sample_method, config["method_options"], config["variants"])
+    return scoring_options(method, options, config["train"]["max_length"])
+
+
+def reference_input(model):
+    """The reference model folder a job waits for: built by the reference_model
+    rule when models.<m>.reference is null, else nothing (a configured path or id)."""
+    return [] if reference_path(model_entry(model)) else [f"{R}/models/{model}/reference"]
+
+
+def reference_arg(model):
+    return reference_path(model_entry(model)) or f"{R}/models/{model}/reference"
+
+
 # --------------------------------------------------------------------------- helpers of train.smk
 
 
@@ -200,10 +221,22 @@ def train_inputs(wildcards):
         inputs["static"] = f"{R}/static/{run.model}/{resolved.parts['sample']}.json"
     if needs_reference(run) and not config["models"][run.model]["reference"]:
         inputs["reference"] = f"{R}/models/{run.model}/reference"
+    if needs_token_scores(run):
+        # TokenCleaning's global threshold: every response token scored once per model
+        inputs["token_scores"] = token_scores_path(run.model)
     if uses_ground_truth(run.method, config["variants"]):
         # a control (oracle, anti_oracle): the world's labels; the config refuses it on other data
         inputs["meta"] = f"{R}/world/sft_meta.jsonl"
     return inputs
+
+
+def needs_token_scores(run):
+    """TokenCleaning with ``threshold: global`` (its default): read from the class and the run's options."""
+    return method_needs_token_scores(run.method, config["method_options"], config["variants"])
+
+
+def token_scores_path(model):
+    return f"{R}/static/{model}/token_scores.npy"
 
 
 def needs_reference(run):
@@ -217,10 +250,12 @@ def train_extra_args(wildcards, input):
         args += ["--static-scores", input.static]
     run = run_of(wildcards)
     if needs_reference(run):
-        reference = config["models"][run.model]["reference"] or f"{R}/models/{run.model}/reference"
+        reference = reference_path(model_entry(run.model)) or f"{R}/models/{run.model}/reference"
         args += ["--reference-model", reference]
     if "meta" in input.keys():
         args += ["--meta", input.meta]
+    if "token_scores" in input.keys():
+        args += ["--token-scores", input.token_scores]
     return " ".join(shlex.quote(a) for a in args)
 
 

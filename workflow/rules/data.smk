@@ -1,5 +1,6 @@
 # Data and models that runs share: the synthetic world, its tiny base model,
-# the reference model of Rho-1/TokenCleaning, and cached static scores.
+# the reference model of Rho-1/TokenCleaning, cached static scores, and
+# TokenCleaning's per-token scores (its global threshold).
 # Helper functions: common.smk.
 
 
@@ -106,7 +107,7 @@ rule static_scores:
         model=lambda wc: base_model_path(wc.model),
         data=lambda wc, input: shlex.quote(input.data[0] if input.data else sft_data_path()),
         method=lambda wc: pruner_options(wc.sample_method, config["method_options"], config["variants"])[0],
-        options=lambda wc: as_arg(pruner_options(wc.sample_method, config["method_options"], config["variants"])[1]),
+        options=lambda wc: as_arg(static_options(wc.sample_method)),
         entry=lambda wc: as_arg(model_entry(wc.model)),
         data_config=as_arg(config["data"]),
         inputs=static_scores_step_arg,
@@ -127,3 +128,43 @@ rule static_scores:
     shell:
         "{ON_GPUS} {resources.gpu} -- {QTBENCH_CMD} score-static --method {params.method} --model {params.model} "
         "--data {params.data} --options {params.options} --model-entry {params.entry} --data-config {params.data_config} --inputs {params.inputs} --out {output} > {log} 2>&1"
+
+
+# TokenCleaning's global threshold (method_options.token_cleaning.threshold: global,
+# the default): every response token of the data set scored once per model with the
+# base and reference models, sorted; each token_cleaning run places its cut for its
+# own r_t from this file (baselines/token_cleaning.py).  Planned only for runs that
+# need it (common.smk: needs_token_scores).
+# Lint "shell command directly uses variable ON_GPUS, QTBENCH_CMD from outside of the
+# rule": on purpose, as static_scores.
+rule token_scores:
+    input:
+        base=lambda wc: base_model_input(wc.model),
+        data=sft_data_input(),
+        reference=lambda wc: reference_input(wc.model),
+    output:
+        f"{R}/static/{{model}}/token_scores.npy",
+    params:
+        model=lambda wc: base_model_path(wc.model),
+        reference=lambda wc: reference_arg(wc.model),
+        data=lambda wc, input: shlex.quote(input.data[0] if input.data else sft_data_path()),
+        entry=lambda wc: as_arg(model_entry(wc.model)),
+        data_config=as_arg(config["data"]),
+        max_length=config["train"]["max_length"],
+        batch_size=config["train"]["micro_batch_size"],
+        version=qtbench.__version__,
+    threads: config["train"]["threads"]
+    resources:
+        gpu=lambda wc: job_gpus("token_scores", wc.model),
+        mem_mb=lambda wc: job_mem_mb("token_scores", wc.model),
+        runtime=lambda wc: job_runtime("token_scores", wc.model),
+    log:
+        f"{R}/logs/token_scores/{{model}}.log",
+    benchmark:
+        f"{R}/benchmarks/token_scores/{{model}}.tsv"
+    conda:
+        "../../environment.yml"
+    shell:
+        "{ON_GPUS} {resources.gpu} -- {QTBENCH_CMD} score-tokens --base-model {params.model} --reference-model {params.reference} "
+        "--data {params.data} --model-entry {params.entry} --data-config {params.data_config} --max-length {params.max_length} "
+        "--batch-size {params.batch_size} --out {output} > {log} 2>&1"
