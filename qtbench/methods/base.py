@@ -315,6 +315,9 @@ class TokenPruner:
 
     name: ClassVar[str] = ""
     required_stats: ClassVar[frozenset[str]] = frozenset()
+    #: the config's ``method_options`` entry this pruner reads; None: its name
+    #: (the random token pruner reads ``random_tokens``: ``random`` is the sample pruner's)
+    options_section: ClassVar[str | None] = None
     #: True when ``select_tokens`` must run every step even without statistics.
     needs_select: bool = False
 
