@@ -90,8 +90,7 @@ class TokenCleaning(ScoredTokenPruner):
         ref = require_extra(stats, "ref_nll", self.name).to(torch.float64)
         return base - ref
 
-    def select_tokens(self, stats: BatchStats, candidates: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
+    def choose(self, stats: BatchStats, candidates: torch.Tensor, pool: torch.Tensor) -> torch.Tensor:
         if self.threshold is None:
-            return super().select_tokens(stats, candidates)
-        keep = candidates.bool() & (self.token_scores(stats, candidates) >= self.threshold)
-        return keep, {"tokens_kept": int(keep.sum()), "token_candidates": int(candidates.sum())}
+            return super().choose(stats, candidates, pool)
+        return candidates & (self.token_scores(stats, candidates) >= self.threshold)

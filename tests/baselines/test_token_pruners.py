@@ -198,3 +198,41 @@ def test_token_cleaning_global_threshold_tiny_models():
     keep, _ = pruner.select_tokens(s, s.response_mask)
     n = int(s.response_mask.sum())
     assert int(keep.sum()) == round(0.5 * n)  # random float scores: no ties at the cut
+
+
+# special_tokens: row 0's last response position (p4) and row 1's (p5) predict EOS
+SPECIAL = [[0, 0, 0, 0, 1, 0], [0, 0, 0, 0, 0, 1]]
+
+
+def test_special_tokens_switch_keeps_or_drops_eos():
+    s = stats(special_mask=SPECIAL)
+    # rank (default): EOS ranks like any token - ppl keeps row 0 p1 (.5), p3 (1.0); row 1 p4 (.2), p3 (2.5)
+    assert torch.equal(run("ppl", s=s), mask([[1, 3], [3, 4]]))
+    # keep: EOS always trained, outside the budget: r_t of the 3 others -> round(1.5) = 2 each
+    # row 0 p1 (.5), p3 (1.0) + EOS p4 ; row 1 p4 (.2), p3 (2.5) + EOS p5
+    assert torch.equal(run("ppl", {"special_tokens": "keep"}, s=s), mask([[1, 3, 4], [3, 4, 5]]))
+    # loss keeps the highest: rank -> row 0 p4 (EOS, 3.0), p2 (2.0); row 1 p5 (EOS, 4.0), p2 (3.5)
+    assert torch.equal(run("loss", s=s), mask([[2, 4], [2, 5]]))
+    # drop (the authors' baseline path): EOS never trained nor counted: row 0 p2 (2.0), p3 (1.0); row 1 p2, p3
+    assert torch.equal(run("loss", {"special_tokens": "drop"}, s=s), mask([[2, 3], [2, 3]]))
+    # keep for random: the EOS always in, 2 of the 3 others drawn
+    keep = run("random", {"special_tokens": "keep"}, s=s)
+    assert keep[0, 4] and keep[1, 5] and keep.sum(dim=1).tolist() == [3, 3]
+    # drop with count_prompt = the code's allowed_mask: attended minus special. fastv row 0 pool p0..p3 (4)
+    # -> k = 2: p0 (.9), p2 (.3) -> response p2 ; row 1 pool p0..p4 (5) -> k = 2: p0 (.8), p1 (.7) -> none
+    assert torch.equal(run("fastv", {"special_tokens": "drop", "count_prompt": True}, s=s), mask([[2], []]))
+
+
+def test_special_tokens_needs_the_mask():
+    with pytest.raises(ValueError, match="special_tokens: keep of method 'ppl' needs the special-token mask"):
+        run("ppl", {"special_tokens": "keep"})
+    with pytest.raises(ValueError, match="'special_tokens'"):
+        run("ppl", {"special_tokens": "yes"})
+
+
+def test_step_marks_special_positions():
+    from qtbench.train.step import special_positions
+
+    ids = torch.tensor([[1, 5, 6, 2, 0], [1, 7, 2, 0, 0]])  # BOS 1, EOS 2, pad 0
+    assert special_positions(ids, (0, 1, 2)).tolist() == [[False, False, True, True], [False, True, True, True]]
+    assert not special_positions(ids, ()).any()
