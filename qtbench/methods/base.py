@@ -35,7 +35,8 @@ import torch
 Tensor = torch.Tensor
 
 #: Statistics a method can ask the stats pass for (see ``qtbench.methods.stats``).
-KNOWN_STATS = frozenset({"nll", "entropy", "el2n", "ref_nll", "base_nll", "attention_received"})
+KNOWN_STATS = frozenset({"nll", "entropy", "el2n", "ref_nll", "base_nll", "attention_received",
+                         "attention_received_visible", "hidden_redundancy", "attention_rank"})
 
 
 # --------------------------------------------------------------------------- budget
@@ -80,7 +81,9 @@ class BatchStats:
     All ``[B, T]`` tensors use the loss-position alignment of the module
     docstring.  ``extras`` holds optional statistics a method asked for
     (``ref_nll``/``base_nll`` under another model, ``el2n`` per token,
-    ``attention_received`` from the final layer), each ``[B, T]``.
+    ``attention_received`` / ``attention_received_visible`` from the final
+    layer's attention, ``hidden_redundancy`` from its hidden states,
+    ``attention_rank`` - one number per micro-batch, repeated), each ``[B, T]``.
     ``special_mask`` (``[B, T]`` bool or None) marks the loss positions whose
     target is a special token (EOS, ...): the step fills it from the token ids
     for every method (no forward needed), so token pruners can honour the
