@@ -244,6 +244,16 @@ def _attention_received(received: torch.Tensor, attention_mask: torch.Tensor) ->
             "attention_received_visible": (received / seen_by)[:, 1:]}
 
 
+def hidden_redundancy(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """``[B, L-1]``: for the token each loss position predicts, the mean cosine
+    similarity of its hidden state (``hidden [B, L, D]``) to those of the
+    sample's attended positions, itself included."""
+    unit = torch.nn.functional.normalize(hidden.float(), dim=-1)
+    on = attention_mask.to(unit.dtype)[:, :, None]
+    centre = (unit * on).sum(dim=1) / on.sum(dim=1).clamp_min(1.0)
+    return (unit @ centre[:, :, None]).squeeze(-1)[:, 1:]
+
+
 @contextlib.contextmanager
 def _last_layer_redundancy(backbone: Any, attention_mask: torch.Tensor, out: dict[str, torch.Tensor]):
     """SparseVLM's redundancy from the final decoder layer's output hidden
@@ -257,11 +267,8 @@ def _last_layer_redundancy(backbone: Any, attention_mask: torch.Tensor, out: dic
         raise RuntimeError(f"{type(backbone).__name__}: cannot find the decoder layers (expected .layers)")
 
     def keep(_module, _args, output):
-        hidden = output[0] if isinstance(output, (tuple, list)) else output
-        unit = torch.nn.functional.normalize(hidden.float(), dim=-1)
-        on = attention_mask.to(unit.dtype)[:, :, None]
-        centre = (unit * on).sum(dim=1) / on.sum(dim=1).clamp_min(1.0)
-        out["hidden_redundancy"] = (unit @ centre[:, :, None]).squeeze(-1)[:, 1:]
+        out["hidden_redundancy"] = hidden_redundancy(output[0] if isinstance(output, (tuple, list)) else output,
+                                                     attention_mask)
 
     hook = layers[-1].register_forward_hook(keep)
     try:
