@@ -34,7 +34,8 @@ its authors' code (``trainer.py`` L1127-1236) adapts it to SFT as:
     with ``P`` the final-layer attention averaged over heads and the
     micro-batch's rows (``attention_rank``, numerical rank; the code takes it
     over the rows its per-batch random subsample kept, qtbench over the
-    micro-batch the stats pass scored, per rank when sharded); each kept
+    micro-batch the stats pass scored; when sharded, the largest of the
+    ranks' shards' ranks); each kept
     sample then marks its ``min(N, n_valid - 1)`` *lowest*-scored positions
     (``n_valid``: attended positions, minus special tokens under
     ``special_tokens: drop|keep``) among all attended positions, prompt
