@@ -13,8 +13,10 @@
   ``round(B * r_s)`` subset of every micro-batch on top of the epoch-level
   selection) and the shared subset size ``epoch_keep_count``;
 * :class:`ScoredTokenPruner` - base of the token pruners: ``scope`` (per
-  sample or per micro-batch budget) and ``count_prompt`` (the authors'
-  baseline path counts prompt positions in the token budget).
+  sample or per micro-batch budget), ``count_prompt`` (the authors'
+  baseline path counts prompt positions in the token budget) and
+  ``special_tokens`` (the authors' baseline path never trains EOS and other
+  special tokens).
 """
 
 from __future__ import annotations
@@ -246,28 +248,47 @@ class ScoredTokenPruner(TokenPruner):
       carry a zero loss score there), and takes ``round(r_t * n_attended)`` of
       them; the prompt positions it picks carry no loss.  True reproduces which
       response tokens that path keeps (not its loss denominator, which also
-      counts the picked prompt positions).
+      counts the picked prompt positions);
+    * ``special_tokens``: what happens to response positions whose target is a
+      special token (EOS, chat end-of-turn; ``BatchStats.special_mask``, from
+      the tokenizer's ``all_special_ids``).  ``rank`` (default): ordinary
+      candidates, ranked like any token (qtbench's behaviour so far, and the
+      paper's text, which prunes "answer tokens" with no exception);
+      ``drop``: never trained and not counted in the budget - the authors'
+      baseline path, which removes special tokens from its ``allowed_mask``
+      (``trainer.py`` L990-1000) while their Q-Tuning path trains them, an
+      asymmetry that can hurt the baselines' stopping on generation tasks;
+      ``keep``: always trained, outside the budget (``r_t`` of the other
+      candidates), as Q-Tuning's path trains EOS and baselines.md Sec. 3
+      recommends ("EOS included").  The default stays ``rank`` because the
+      paper describes no such switch and the design notes ask every quirk of
+      the authors' code to be a switch that is off by default.
 
     Subclasses set ``default_scope`` and implement :meth:`token_scores` (higher =
-    keep, unless ``largest`` is false)."""
+    keep, unless ``largest`` is false), or override :meth:`choose`."""
 
     option_defaults: dict[str, Any] = {}
     default_scope: str = "sample"
     #: score given to prompt positions under ``count_prompt`` (None: use the
     #: score tensor as it is there)
     prompt_score: float | None = 0.0
+    #: options every token pruner accepts, with their defaults (``scope`` from ``default_scope``)
+    SHARED_OPTIONS = ("scope", "count_prompt", "special_tokens")
 
     @classmethod
     def option_keys(cls) -> frozenset[str]:
         """The option keys the config may set (checked at DAG build by the registry)."""
-        return frozenset({"scope", "count_prompt", *cls.option_defaults})
+        return frozenset({*cls.SHARED_OPTIONS, *cls.option_defaults})
 
     def __init__(self, budget: Budget, options: Mapping[str, Any] | None = None, seed: int = 0) -> None:
         super().__init__(budget, options, seed)
-        defaults = {"scope": self.default_scope, "count_prompt": False, **self.option_defaults}
+        defaults = {"scope": self.default_scope, "count_prompt": False, "special_tokens": "rank",
+                    **self.option_defaults}
         self.options = check_options(self.name, options, defaults)
         self.scope = check_choice(self.name, "scope", self.options["scope"], ("sample", "batch"))
         self.count_prompt = check_bool(self.name, "count_prompt", self.options["count_prompt"])
+        self.special_tokens = check_choice(self.name, "special_tokens", self.options["special_tokens"],
+                                           ("rank", "drop", "keep"))
 
     #: rank descending (keep the highest scores) unless a subclass says otherwise
     largest: bool = True
@@ -277,16 +298,36 @@ class ScoredTokenPruner(TokenPruner):
 
     def select_tokens(self, stats: BatchStats, candidates: Tensor) -> tuple[Tensor, dict[str, Any]]:
         candidates = candidates.bool()
+        kept_rows = candidates.any(dim=1)
+        special = self._special(stats, candidates)
+        ranked = candidates & ~special
+        pool = stats.attention_mask.bool() & kept_rows[:, None] & ~special if self.count_prompt else ranked
+        keep = self.choose(stats, ranked, pool) & ranked
+        if self.special_tokens == "keep":
+            keep |= candidates & special
+        trace = {"tokens_kept": int(keep.sum()), "token_candidates": int(candidates.sum())}
+        if self.special_tokens != "rank":
+            trace["special_candidates"] = int((candidates & special).sum())
+        return keep, trace
+
+    def choose(self, stats: BatchStats, candidates: Tensor, pool: Tensor) -> Tensor:
+        """The kept positions: the budget's count of ``pool`` positions with the
+        best :meth:`token_scores` (the caller keeps those among ``candidates``)."""
         scores = self.token_scores(stats, candidates)
-        pool = candidates
-        if self.count_prompt:
-            kept_rows = candidates.any(dim=1)
-            pool = stats.attention_mask.bool() & kept_rows[:, None]
-            if self.prompt_score is not None:
-                scores = torch.where(candidates, scores.to(torch.float64), torch.full_like(scores, self.prompt_score, dtype=torch.float64))
+        if self.count_prompt and self.prompt_score is not None:
+            scores = torch.where(candidates, scores.to(torch.float64),
+                                 torch.full_like(scores, self.prompt_score, dtype=torch.float64))
         chooser = top_k_per_sample if self.scope == "sample" else top_k_per_batch
-        keep = chooser(scores, pool, self.budget.token_ratio, largest=self.largest) & candidates
-        return keep, {"tokens_kept": int(keep.sum()), "token_candidates": int(candidates.sum())}
+        return chooser(scores, pool, self.budget.token_ratio, largest=self.largest)
+
+    def _special(self, stats: BatchStats, candidates: Tensor) -> Tensor:
+        """Positions ``special_tokens`` sets apart (none under ``rank``)."""
+        if self.special_tokens == "rank":
+            return torch.zeros_like(candidates)
+        if stats.special_mask is None:
+            raise ValueError(f"option special_tokens: {self.special_tokens} of method {self.name!r} needs the "
+                             "special-token mask (BatchStats.special_mask), which these statistics lack")
+        return stats.special_mask.bool().to(candidates.device)
 
 
 def require_extra(stats: BatchStats, name: str, method: str) -> Tensor:

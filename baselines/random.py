@@ -23,10 +23,14 @@ of each kept sample's ``n_i`` response tokens; ``scope: batch`` draws
 authors' code does (which also counts prompt positions: ``count_prompt``).
 Seeded by (seed, epoch, step, sample ids).
 
-Options: both pruners are named ``random``, so ``build_method`` hands them the
-same ``method_options.random`` mapping; each accepts the other's keys and
-ignores them (sample: ``mode``, ``double_prune``; token: ``scope``,
-``count_prompt``), and still rejects anything else.
+Options: both pruners are named ``random`` but read different
+``method_options`` entries, so neither sees (and silently drops) the other's
+keys: the sample pruner reads ``method_options.random`` (``mode``,
+``double_prune``), the token pruner ``method_options.random_tokens``
+(``scope``, ``count_prompt``, ``special_tokens``; its class says so in
+``options_section``).  A key of the other pruner is an error that names the
+entry it belongs in, so an old config that put ``scope`` under ``random``
+fails at validation instead of running with a default it did not ask for.
 """
 
 from __future__ import annotations
@@ -47,9 +51,17 @@ from qtbench.methods.registry import register_sample_pruner, register_token_prun
 
 Tensor = torch.Tensor
 
-#: option keys of the sample pruner and of the token pruner (they share a name)
-SAMPLE_KEYS = frozenset({"mode", "double_prune"})
-TOKEN_KEYS = frozenset({"scope", "count_prompt"})
+#: the ``method_options`` entry of the token pruner (the sample pruner reads ``random``)
+TOKEN_SECTION = "random_tokens"
+
+
+def _refuse_misplaced(options: Mapping[str, Any] | None, own: type, other: type, other_level: str) -> None:
+    """A key of the other ``random`` pruner is an error naming its entry."""
+    section = lambda cls: getattr(cls, "options_section", None) or cls.name  # noqa: E731
+    for key in options or {}:
+        if key in other.option_keys() and key not in own.option_keys():
+            raise ValueError(f"option {key!r} of method 'random' belongs to the random {other_level} pruner: "
+                             f"put it in method_options.{section(other)}, not method_options.{section(own)}")
 
 
 @register_sample_pruner("random")
@@ -59,7 +71,7 @@ class RandomSamples(EpochLevelSamplePruner):
     option_defaults = {**EpochLevelSamplePruner.option_defaults, "mode": "epoch"}
 
     def __init__(self, budget: Budget, options: Mapping[str, Any] | None = None, seed: int = 0) -> None:
-        options = {k: v for k, v in (options or {}).items() if k not in TOKEN_KEYS}
+        _refuse_misplaced(options, RandomSamples, RandomTokens, "token")
         super().__init__(budget, options, seed)
         self.mode = check_choice(self.name, "mode", self.options["mode"], ("epoch", "batch"))
         if self.mode == "batch" and self.double_prune:
@@ -91,11 +103,12 @@ class RandomSamples(EpochLevelSamplePruner):
 class RandomTokens(ScoredTokenPruner):
     """Uniform ``r_t`` of the candidate tokens (per sample or per micro-batch)."""
 
+    options_section = TOKEN_SECTION
     default_scope = "sample"
     prompt_score = None  # under count_prompt, prompt positions are drawn like any other
 
     def __init__(self, budget: Budget, options: Mapping[str, Any] | None = None, seed: int = 0) -> None:
-        options = {k: v for k, v in (options or {}).items() if k not in SAMPLE_KEYS}
+        _refuse_misplaced(options, RandomTokens, RandomSamples, "sample")
         super().__init__(budget, options, seed)
         self.needs_select = True
 

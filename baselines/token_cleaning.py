@@ -151,11 +151,15 @@ class TokenCleaning(ScoredTokenPruner):
         return base - ref
 
     def select_tokens(self, stats: BatchStats, candidates: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
+        keep, trace = super().select_tokens(stats, candidates)
+        if self.mode != "batch":
+            trace["token_threshold"] = self.threshold
+        return keep, trace
+
+    def choose(self, stats: BatchStats, candidates: torch.Tensor, pool: torch.Tensor) -> torch.Tensor:
         if self.mode == "batch":
-            return super().select_tokens(stats, candidates)
+            return super().choose(stats, candidates, pool)
         if self.threshold is None:
             raise ValueError("token_cleaning with threshold: global needs the data set's token scores before "
                              "training (rule token_scores; qtbench train --token-scores)")
-        keep = candidates.bool() & (self.token_scores(stats, candidates) >= self.threshold)
-        return keep, {"tokens_kept": int(keep.sum()), "token_candidates": int(candidates.sum()),
-                      "token_threshold": self.threshold}
+        return candidates & (self.token_scores(stats, candidates) >= self.threshold)

@@ -224,7 +224,7 @@ def _defaults_validator(base: Any) -> Any:
 
 
 def _check_semantics(config: dict[str, Any]) -> None:
-    from qtbench.methods.registry import VariantError, check_variants, resolve_method
+    from qtbench.methods.registry import VariantError, check_method_options, check_variants, resolve_method
 
     try:
         variants = check_variants(config.get("variants"))
@@ -234,6 +234,10 @@ def _check_semantics(config: dict[str, Any]) -> None:
         if name in variants:
             raise ConfigError(f"config key 'method_options.{name}': {name!r} is a variant; "
                               f"its options go in 'variants.{name}.options'")
+    try:
+        check_method_options(config.get("method_options"))
+    except ValueError as exc:
+        raise ConfigError(f"config key {exc}") from None
     for i, method in enumerate(config["methods"]):
         try:
             resolve_method(method, variants)
@@ -306,11 +310,10 @@ def train_config(config: Mapping[str, Any], run: RunSpec) -> dict[str, Any]:
     registered methods it resolves to (the trainer merges them,
     :func:`qtbench.methods.registry.part_options`).  Runs without variants get
     no ``variants`` key: their params, and so their outputs, stay as they were."""
-    from qtbench.methods.registry import resolve_method
+    from qtbench.methods.registry import part_sections, resolve_method
 
     resolved = resolve_method(run.method, config.get("variants"))
-    spec = resolved.spec
-    names = {spec.name, spec.sample, spec.token}
+    names = part_sections(run.method, config.get("variants"))
     options = {k: v for k, v in config.get("method_options", {}).items() if k in names}
     out = {
         "experiment": config["experiment"],

@@ -35,7 +35,8 @@ import torch
 Tensor = torch.Tensor
 
 #: Statistics a method can ask the stats pass for (see ``qtbench.methods.stats``).
-KNOWN_STATS = frozenset({"nll", "entropy", "el2n", "ref_nll", "base_nll", "attention_received"})
+KNOWN_STATS = frozenset({"nll", "entropy", "el2n", "ref_nll", "base_nll", "attention_received",
+                         "attention_received_visible", "hidden_redundancy", "attention_rank"})
 
 
 # --------------------------------------------------------------------------- budget
@@ -80,7 +81,13 @@ class BatchStats:
     All ``[B, T]`` tensors use the loss-position alignment of the module
     docstring.  ``extras`` holds optional statistics a method asked for
     (``ref_nll``/``base_nll`` under another model, ``el2n`` per token,
-    ``attention_received`` from the final layer), each ``[B, T]``.
+    ``attention_received`` / ``attention_received_visible`` from the final
+    layer's attention, ``hidden_redundancy`` from its hidden states,
+    ``attention_rank`` - one number per micro-batch, repeated), each ``[B, T]``.
+    ``special_mask`` (``[B, T]`` bool or None) marks the loss positions whose
+    target is a special token (EOS, ...): the step fills it from the token ids
+    for every method (no forward needed), so token pruners can honour the
+    authors' special-token switch (``special_tokens`` of ``baselines._common``).
     """
 
     nll: Tensor
@@ -91,6 +98,7 @@ class BatchStats:
     step: int = 0
     epoch: int = 0
     extras: dict[str, Tensor] = field(default_factory=dict)
+    special_mask: Tensor | None = None
 
     @classmethod
     def from_tensors(
@@ -102,6 +110,7 @@ class BatchStats:
         sample_ids: Any | None = None,
         step: int = 0,
         epoch: int = 0,
+        special_mask: Any | None = None,
         **extras: Any,
     ) -> "BatchStats":
         """Build stats from array-likes (lists, numpy arrays or tensors)."""
@@ -125,15 +134,19 @@ class BatchStats:
             extra_t[name] = torch.as_tensor(value, dtype=nll_t.dtype)
             if extra_t[name].shape != shape:
                 raise ValueError(f"{name} has shape {tuple(extra_t[name].shape)}, expected {tuple(shape)}")
-        return cls(nll_t, entropy_t, response_t, attention_t, ids, step, epoch, extra_t)
+        special_t = None if special_mask is None else torch.as_tensor(special_mask).bool()
+        if special_t is not None and special_t.shape != shape:
+            raise ValueError(f"special_mask has shape {tuple(special_t.shape)}, expected {tuple(shape)}")
+        return cls(nll_t, entropy_t, response_t, attention_t, ids, step, epoch, extra_t, special_t)
 
     @classmethod
     def masks_only(cls, response_mask: Tensor, attention_mask: Tensor, sample_ids: Tensor,
-                   step: int = 0, epoch: int = 0) -> "BatchStats":
+                   step: int = 0, epoch: int = 0, special_mask: Tensor | None = None) -> "BatchStats":
         """Stats without a forward pass (zero NLL and entropy), for methods that
         draw at random every step and read only the masks."""
         zeros = torch.zeros(response_mask.shape)
-        return cls(zeros, zeros.clone(), response_mask.bool(), attention_mask.bool(), sample_ids, step, epoch, {})
+        return cls(zeros, zeros.clone(), response_mask.bool(), attention_mask.bool(), sample_ids, step, epoch, {},
+                   special_mask)
 
     @property
     def batch_size(self) -> int:
@@ -168,6 +181,7 @@ class BatchStats:
         return BatchStats(
             self.nll[rows], self.entropy[rows], self.response_mask[rows], self.attention_mask[rows],
             self.sample_ids[rows], self.step, self.epoch, {k: v[rows] for k, v in self.extras.items()},
+            None if self.special_mask is None else self.special_mask[rows],
         )
 
 
@@ -315,6 +329,9 @@ class TokenPruner:
 
     name: ClassVar[str] = ""
     required_stats: ClassVar[frozenset[str]] = frozenset()
+    #: the config's ``method_options`` entry this pruner reads; None: its name
+    #: (the random token pruner reads ``random_tokens``: ``random`` is the sample pruner's)
+    options_section: ClassVar[str | None] = None
     #: True when ``select_tokens`` must run every step even without statistics.
     needs_select: bool = False
 

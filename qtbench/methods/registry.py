@@ -264,6 +264,61 @@ class ResolvedMethod:
         return out
 
 
+ROLE_TABLES = {"joint": JOINT_METHODS, "sample": SAMPLE_PRUNERS, "token": TOKEN_PRUNERS}
+
+
+def options_section(role: str, method: str) -> str:
+    """The ``method_options`` key a registered part reads: its own name, unless
+    its class names another in ``options_section``.  The random token pruner
+    reads ``random_tokens``: ``random`` is also the sample pruner's name, and
+    one entry feeding both made each silently drop the other's keys."""
+    load_registry()
+    cls = ROLE_TABLES[role].get(method)
+    return getattr(cls, "options_section", None) or method
+
+
+def option_sections() -> dict[str, list[tuple[str, Any]]]:
+    """``method_options`` key -> the (role, class) pairs that read it."""
+    load_registry()
+    out: dict[str, list[tuple[str, Any]]] = {}
+    for role, table in ROLE_TABLES.items():
+        for method, cls in table.items():
+            out.setdefault(options_section(role, method), []).append((role, cls))
+    return out
+
+
+def check_method_options(method_options: Mapping[str, Any] | None) -> None:
+    """Every ``method_options`` entry must be read by a registered method, and
+    each of its keys must be an option that method declares (``option_keys``):
+    raises ``ValueError`` naming the entry and the key, and pointing to the
+    other entry of a method registered at both levels (``random`` /
+    ``random_tokens``).  The constructors check again when a run builds."""
+    sections = option_sections()
+    for section, options in (method_options or {}).items():
+        if section not in sections:
+            raise ValueError(f"'method_options.{section}': no registered method reads these options; "
+                             f"known entries: {', '.join(sorted(sections))}")
+        declared = [_declared(cls) for _role, cls in sections[section]]
+        if any(keys is None for keys in declared):
+            continue  # a class that does not declare its keys checks them when built
+        keys = frozenset().union(*declared)
+        names = {cls.name for _role, cls in sections[section] if isinstance(cls, type)}
+        for option in options or {}:
+            if option in keys:
+                continue
+            elsewhere = [other for other, readers in sections.items() if other != section
+                         and any(getattr(c, "name", None) in names and option in (_declared(c) or ()) for _r, c in readers)]
+            hint = f" (an option of 'method_options.{elsewhere[0]}')" if elsewhere else ""
+            raise ValueError(f"'method_options.{section}.{option}': unknown option of method {section!r}{hint}; "
+                             f"known options: {', '.join(sorted(keys)) or '(none)'}")
+
+
+def _declared(cls: Any) -> frozenset[str] | None:
+    declared = getattr(cls, "option_keys", None)
+    declared = declared() if callable(declared) else declared
+    return None if declared is None else frozenset(declared)
+
+
 def option_keys(method: str) -> frozenset[str] | None:
     """The option keys a registered method accepts, from the class attribute (or
     classmethod) ``option_keys`` of every class registered under that name
@@ -370,8 +425,10 @@ def part_options(name: str, method_options: Mapping[str, Mapping[str, Any]] | No
     """Role -> the options that part of a run receives.
 
     Merge rule: a part named by a registered method gets
-    ``method_options[<method>]``; a part named by a variant gets
-    ``{**method_options[<base method>], **variant.options}`` - one level deep,
+    ``method_options[<section>]``; a part named by a variant gets
+    ``{**method_options[<section>], **variant.options}``, where ``<section>`` is
+    :func:`options_section` of the (base) method in that role (its name, or
+    ``random_tokens`` for the random token pruner) - one level deep,
     the variant's keys win, and everything else (presets, defaults) is then
     resolved by the method as for any options (for Q-Tuning an explicit option
     still beats a preset, so a variant ``{preset: paper_text}`` over
@@ -382,7 +439,19 @@ def part_options(name: str, method_options: Mapping[str, Mapping[str, Any]] | No
     for role, written in resolved.parts.items():
         variant = resolved.variants.get(written)
         base = variant.method if variant else written
-        out[role] = {**dict(method_options.get(base) or {}), **(dict(variant.options) if variant else {})}
+        section = options_section(role, base)
+        out[role] = {**dict(method_options.get(section) or {}), **(dict(variant.options) if variant else {})}
+    return out
+
+
+def part_sections(name: str, variants: Mapping[str, Any] | None = None) -> set[str]:
+    """The ``method_options`` keys a config method name's parts read
+    (:func:`options_section` of each part's registered method)."""
+    resolved = resolve_method(name, variants)
+    out = set()
+    for role, written in resolved.parts.items():
+        variant = resolved.variants.get(written)
+        out.add(options_section(role, variant.method if variant else written))
     return out
 
 
@@ -398,12 +467,14 @@ def pruner_options(part: str, method_options: Mapping[str, Mapping[str, Any]] | 
     return part, dict(method_options.get(part) or {})
 
 
-def default_options(method: str) -> dict[str, Any]:
+def default_options(method: str, role: str | None = None) -> dict[str, Any]:
     """The defaults a registered method declares (``option_defaults`` of a
-    baseline class, Q-Tuning's resolved defaults); {} when none are declared."""
+    baseline class, Q-Tuning's resolved defaults); {} when none are declared.
+    ``role`` (``joint``, ``sample``, ``token``) picks one of two classes
+    registered under one name (``random``); None merges them."""
     load_registry()
     out: dict[str, Any] = {}
-    for table in (JOINT_METHODS, SAMPLE_PRUNERS, TOKEN_PRUNERS):
+    for table in ((ROLE_TABLES[role],) if role else (JOINT_METHODS, SAMPLE_PRUNERS, TOKEN_PRUNERS)):
         cls = table.get(method)
         check = getattr(cls, "check_options", None)
         if callable(check):
@@ -434,7 +505,8 @@ def describe_variant(name: str, config: Mapping[str, Any]) -> tuple[str, dict[st
         variant = resolved.variants.get(written)
         if variant is None:
             continue
-        base = {**default_options(variant.method), **dict(method_options.get(variant.method) or {})}
+        section = options_section(role, variant.method)
+        base = {**default_options(variant.method, role), **dict(method_options.get(section) or {})}
         prefix = "" if role == "joint" or len(resolved.parts) == 1 else f"{variant.method}."
         for option, value in variant.options.items():
             if option not in base or base[option] != value:

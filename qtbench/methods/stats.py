@@ -24,6 +24,10 @@ from qtbench.fsdp import dummy_forward, is_sharded, reshard_root
 from qtbench.methods.base import KNOWN_STATS, BatchStats
 
 DEFAULT_CHUNK = 128
+#: statistics read from the final layer's attention (one capture serves them all)
+ATTENTION_STATS = frozenset({"attention_received", "attention_received_visible"})
+#: other extras of the trained model's own pass
+OWN_EXTRAS = frozenset({"el2n", "hidden_redundancy", "attention_rank"})
 
 
 @contextlib.contextmanager
@@ -103,7 +107,10 @@ def _last_attention_module(backbone: Any) -> Any:
 
 def _capturing_attention(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
     captured = module._qtbench_capture
-    captured["received"] = _received_from_qk(query, key, captured["mask"], scaling)
+    captured["received"], mean_probs = _received_from_qk(query, key, captured["mask"], scaling,
+                                                         captured.get("want_rank", False))
+    if mean_probs is not None:
+        captured["rank"] = int(torch.linalg.matrix_rank(mean_probs))
     import sys
 
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
@@ -113,12 +120,17 @@ def _capturing_attention(module, query, key, value, attention_mask, scaling, dro
     return inner(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
 
 
-def _received_from_qk(query: torch.Tensor, key: torch.Tensor, attention_mask: torch.Tensor, scaling: float
-                      ) -> torch.Tensor:
+def _received_from_qk(query: torch.Tensor, key: torch.Tensor, attention_mask: torch.Tensor, scaling: float,
+                      want_mean: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Attention each key position receives, summed over attended query
     positions, mean over heads: ``[B, L]`` from ``query [B, H, L, D]`` and
-    ``key [B, H_kv, L, D]`` (grouped-query heads share their key head)."""
+    ``key [B, H_kv, L, D]`` (grouped-query heads share their key head).
+
+    With ``want_mean`` also the ``[L, L]`` attention matrix averaged over heads
+    and rows, padding query rows included (as eager attention returns them):
+    the matrix whose rank the authors' SparseVLM code takes."""
     heads, length = query.shape[1], query.shape[2]
+    mean = torch.zeros(length, length, dtype=torch.float32, device=query.device) if want_mean else None
     groups = heads // key.shape[1]
     keys_on = attention_mask.bool()
     allowed = torch.ones(length, length, dtype=torch.bool, device=query.device).tril()[None] & keys_on[:, None, :]
@@ -128,7 +140,9 @@ def _received_from_qk(query: torch.Tensor, key: torch.Tensor, attention_mask: to
         scores = (query[:, head].float() @ key[:, head // groups].float().transpose(-1, -2)) * scaling
         probs = torch.softmax(scores.masked_fill(~allowed, float("-inf")), dim=-1).nan_to_num(0.0)
         received += (probs * query_on).sum(dim=1)
-    return received / heads
+        if mean is not None:
+            mean += probs.sum(dim=0)
+    return received / heads, None if mean is None else mean / (heads * query.shape[0])
 
 
 def token_nll_entropy(
@@ -139,9 +153,14 @@ def token_nll_entropy(
     want_entropy: bool = True,
     want_el2n: bool = False,
     want_attention: bool = False,
+    want_hidden: bool = False,
+    want_rank: bool = False,
 ) -> dict[str, torch.Tensor]:
     """Per loss position: NLL of the next token, predictive entropy, EL2N
-    (and FastV's attention received, with ``want_attention``).
+    (and the final layer's attention received under both readings, with
+    ``want_attention``; SparseVLM's hidden-state redundancy, with
+    ``want_hidden``; the rank of the batch's mean attention matrix, with
+    ``want_rank``, as a ``[B, L-1]`` tensor holding the one number).
 
     Returns ``[B, L-1]`` float32 tensors (loss-position alignment).  The LM
     head and the softmax run only at positions whose target token is attended
@@ -182,7 +201,12 @@ def token_nll_entropy(
 
     backbone = model.get_decoder() if hasattr(model, "get_decoder") else model.model
     with torch.inference_mode(), contextlib.ExitStack() as stack:
-        attention = stack.enter_context(_last_layer_attention(backbone, attention_mask)) if want_attention else None
+        attention = (stack.enter_context(_last_layer_attention(backbone, attention_mask))
+                     if want_attention or want_rank else None)
+        if attention is not None:
+            attention["want_rank"] = want_rank
+        if want_hidden:
+            stack.enter_context(_last_layer_redundancy(backbone, attention_mask, out))
         stack.enter_context(_inside_forward(model, on_head))
         model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, logits_to_keep=1)
     reshard_root(model)
@@ -192,18 +216,65 @@ def token_nll_entropy(
         if "received" not in attention:
             raise RuntimeError(f"{type(model).__name__}: the final attention layer did not go through "
                                "transformers' attention interface, so FastV's attention scores cannot be read")
-        out["attention_received"] = _attention_received(attention["received"], attention_mask)
+        out.update(_attention_received(attention["received"], attention_mask))
+        if want_rank:
+            out["attention_rank"] = torch.full(targets.shape, float(attention["rank"]), device=input_ids.device)
+    if want_hidden and "hidden_redundancy" not in out:
+        raise RuntimeError(f"{type(model).__name__}: the stats pass never saw the final decoder layer run")
     return out
 
 
-def _attention_received(received: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """FastV's score from the final layer's attention each key position
-    received (summed over attended queries, mean over heads): divided by the
-    number of attended query positions that can see it (causal: those at or
-    after it), then shifted to loss positions (the token a loss position
-    predicts)."""
-    seen_by = torch.flip(torch.cumsum(torch.flip(attention_mask.float(), [1]), 1), [1]).clamp_min(1.0)
-    return (received / seen_by)[:, 1:]
+def _attention_received(received: torch.Tensor, attention_mask: torch.Tensor) -> dict[str, torch.Tensor]:
+    """FastV's score, two readings, from the final layer's attention each key
+    position received (summed over attended queries, mean over heads), shifted
+    to loss positions (the token a loss position predicts):
+
+    * ``attention_received``: divided by the sample's attended query positions
+      - a plain mean over queries, FastV's ``(1/n) sum_q a_{q->j}`` and the
+      Q-Tuning authors' ``attn.mean(dim=heads).mean(dim=queries)`` (theirs runs
+      over the padded length, so padding rows vote too; here only the sample's
+      own queries);
+    * ``attention_received_visible``: divided by the attended query positions
+      that can see the key (causal: those at or after it), which removes the
+      plain mean's bias towards early tokens."""
+    on = attention_mask.float()
+    seen_by = torch.flip(torch.cumsum(torch.flip(on, [1]), 1), [1]).clamp_min(1.0)
+    queries = on.sum(dim=1, keepdim=True).clamp_min(1.0)
+    return {"attention_received": (received / queries)[:, 1:],
+            "attention_received_visible": (received / seen_by)[:, 1:]}
+
+
+def hidden_redundancy(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """``[B, L-1]``: for the token each loss position predicts, the mean cosine
+    similarity of its hidden state (``hidden [B, L, D]``) to those of the
+    sample's attended positions, itself included."""
+    unit = torch.nn.functional.normalize(hidden.float(), dim=-1)
+    on = attention_mask.to(unit.dtype)[:, :, None]
+    centre = (unit * on).sum(dim=1) / on.sum(dim=1).clamp_min(1.0)
+    return (unit @ centre[:, :, None]).squeeze(-1)[:, 1:]
+
+
+@contextlib.contextmanager
+def _last_layer_redundancy(backbone: Any, attention_mask: torch.Tensor, out: dict[str, torch.Tensor]):
+    """SparseVLM's redundancy from the final decoder layer's output hidden
+    states (before the final norm, as the authors' hook on the last layer):
+    for each position, the mean cosine similarity of its hidden state to those
+    of the sample's attended positions (itself included), shifted to loss
+    positions.  ``mean_i cos(h_i, h_j) = (mean_i u_i) . u_j`` with unit vectors
+    ``u``, so no ``[L, L]`` similarity matrix is built."""
+    layers = getattr(backbone, "layers", None) or getattr(backbone, "h", None)
+    if not layers:
+        raise RuntimeError(f"{type(backbone).__name__}: cannot find the decoder layers (expected .layers)")
+
+    def keep(_module, _args, output):
+        out["hidden_redundancy"] = hidden_redundancy(output[0] if isinstance(output, (tuple, list)) else output,
+                                                     attention_mask)
+
+    hook = layers[-1].register_forward_hook(keep)
+    try:
+        yield
+    finally:
+        hook.remove()
 
 
 def compute_batch_stats(
@@ -232,18 +303,19 @@ def compute_batch_stats(
         zeros = torch.zeros((0, max(input_ids.shape[1] - 1, 0)), device=input_ids.device)
         ids = torch.zeros(0, dtype=torch.long) if sample_ids is None else sample_ids
         return BatchStats(zeros, zeros.clone(), zeros.bool(), zeros.bool(), ids.cpu(), step, epoch,
-                          {k: zeros.clone() for k in required & {"el2n", "attention_received", "ref_nll", "base_nll"}})
+                          {k: zeros.clone() for k in required - {"nll", "entropy"}})
     was_training = model.training
     model.eval()
     try:
         own = token_nll_entropy(
             model, input_ids, attention_mask, chunk_size,
             want_entropy="entropy" in required, want_el2n="el2n" in required,
-            want_attention="attention_received" in required,
+            want_attention=bool(required & ATTENTION_STATS), want_hidden="hidden_redundancy" in required,
+            want_rank="attention_rank" in required,
         )
     finally:
         model.train(was_training)
-    extras = {k: own[k] for k in ("el2n", "attention_received") if k in own}
+    extras = {k: own[k] for k in required & (OWN_EXTRAS | ATTENTION_STATS)}
     for name, other in (("ref_nll", reference_model), ("base_nll", base_model)):
         if name in required:
             if other is None:

@@ -341,7 +341,8 @@ def run_epochs(setup: Run, position: Position, tracker: Any, started: float, pro
     trace_path = setup.state_dir / TRACE_FILE
     with (trace_path.open("a", encoding="utf-8") if setup.rank == 0 else contextlib.nullcontext()) as trace:
         ctx = StepContext(setup.model, setup.method, setup.examples, setup.tokenizer.pad_token_id, setup.device,
-                          counters, int(tcfg.get("stats_chunk", 128)), setup.ref, setup.frozen_base, trace)
+                          counters, int(tcfg.get("stats_chunk", 128)), setup.ref, setup.frozen_base, trace,
+                          tuple(getattr(setup.tokenizer, "all_special_ids", None) or ()))
         for epoch in range(position.epoch, epochs):
             if _finished(setup, counters):
                 break

@@ -258,6 +258,7 @@ def gather_stats(local: BatchStats, group: Any = None) -> tuple[BatchStats, list
         step=local.step,
         epoch=local.epoch,
         extras={name: gather(local.extras[name], 0) for name in extras},
+        special_mask=None if local.special_mask is None else gather(local.special_mask.bool(), False),
     )
     starts = [sum(sizes[:r]) for r in range(world)]
     return stats, [slice(s, s + n) for s, n in zip(starts, sizes)], widths

@@ -84,6 +84,9 @@ class StepContext:
     ref: Any = None
     frozen_base: Any = None
     trace: IO[str] | None = None
+    #: the tokenizer's special token ids (``all_special_ids``): the step marks
+    #: loss positions that predict one (``BatchStats.special_mask``)
+    special_ids: tuple[int, ...] = ()
 
 
 @dataclass
@@ -141,17 +144,27 @@ def decide(ctx: StepContext, batch: MicroBatch, epoch: int) -> Selection:
     decision on the global micro-batch; masks-only draws (random pruners) read
     the whole micro-batch's masks, which every rank has."""
     method, counters = ctx.method, ctx.counters
+    special = special_positions(batch.full["input_ids"], ctx.special_ids)
     if method.needs_stats_pass:
         local = compute_batch_stats(ctx.model, batch.local, method.required_stats, batch.ids[batch.rows],
                                     counters.optimizer_steps, epoch, ctx.ref, ctx.frozen_base, ctx.stats_chunk)
+        local.special_mask = special[batch.rows].to(local.nll.device)
         counters.input_tokens_scored += int(batch.full["attention_mask"].sum())
         counters.input_positions_scored += padded_size(batch.full["attention_mask"])
         return decide_on_shards(method, local)
     if method.needs_select:
         attended = attended_positions(batch.full["attention_mask"])
-        stats = BatchStats.masks_only(batch.response, attended, batch.ids, counters.optimizer_steps, epoch)
+        stats = BatchStats.masks_only(batch.response, attended, batch.ids, counters.optimizer_steps, epoch, special)
         return _select_on_rank0(method, stats)
     return method.select_without_stats(batch.response)
+
+
+def special_positions(input_ids: torch.Tensor, special_ids: tuple[int, ...]) -> torch.Tensor:
+    """``[B, L-1]`` bool: loss positions whose target token is a special token."""
+    targets = input_ids[:, 1:]
+    if not special_ids:
+        return torch.zeros(targets.shape, dtype=torch.bool)
+    return torch.isin(targets, torch.tensor(sorted(special_ids), dtype=targets.dtype))
 
 
 def decide_on_shards(method: Method, local: BatchStats) -> Selection:

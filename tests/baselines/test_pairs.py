@@ -136,14 +136,41 @@ def test_a_new_module_is_discovered(tmp_path):
     assert out.stdout.split() == ["KeepFirst", "PplTokens"]
 
 
-def test_random_pair_shares_one_options_entry():
-    method = build_method("random+random", Budget(0.5, 0.5), {"random": {"mode": "batch", "scope": "batch"}})
+def test_random_pair_reads_two_options_entries():
+    """The sample pruner reads ``method_options.random``, the token pruner
+    ``method_options.random_tokens``: neither sees the other's keys."""
+    method = build_method("random+random", Budget(0.5, 0.5),
+                          {"random": {"mode": "batch"}, "random_tokens": {"scope": "batch"}})
     assert method.sample.mode == "batch" and method.token.scope == "batch"
-    with pytest.raises(ValueError, match="'bogus'"):
-        build_method("random+random", Budget(0.5, 0.5), {"random": {"bogus": 1}})
     s = stats()
     selection = method.select(s)
     # K = round(3 * 0.5) = 2 samples; batch scope keeps round(0.5 * n) of their response tokens
     assert int(selection.sample_keep.sum()) == 2
     n = int((s.response_mask & selection.sample_keep[:, None]).sum())
     assert int(selection.token_keep.sum()) == round(0.5 * n)
+    # the token pruner alone reads random_tokens too
+    assert build_method("none+random", Budget(1.0, 0.5), {"random_tokens": {"scope": "batch"}}).token.scope == "batch"
+
+
+def test_random_misplaced_or_unknown_option_names_method_and_key():
+    # an old config's token key under `random` fails, naming where it belongs
+    with pytest.raises(ValueError, match=r"option 'scope' of method 'random' .*method_options\.random_tokens"):
+        build_method("random+random", Budget(0.5, 0.5), {"random": {"mode": "batch", "scope": "batch"}})
+    with pytest.raises(ValueError, match=r"option 'mode' of method 'random' .*method_options\.random\b"):
+        build_method("random+random", Budget(0.5, 0.5), {"random_tokens": {"mode": "batch"}})
+    for entry in ("random", "random_tokens"):
+        with pytest.raises(ValueError, match=r"unknown option 'bogus' for method 'random'"):
+            build_method("random+random", Budget(0.5, 0.5), {entry: {"bogus": 1}})
+
+
+def test_method_options_checked_at_config_validation():
+    from qtbench.methods.registry import check_method_options
+
+    check_method_options({"random": {"mode": "epoch"}, "random_tokens": {"scope": "batch"}, "ppl": {"drop": "lowest"}})
+    with pytest.raises(ValueError, match=r"'method_options\.random\.scope': unknown option of method 'random' "
+                                         r"\(an option of 'method_options\.random_tokens'\)"):
+        check_method_options({"random": {"scope": "batch"}})
+    with pytest.raises(ValueError, match=r"'method_options\.fastv\.bogus': unknown option of method 'fastv'"):
+        check_method_options({"fastv": {"bogus": 1}})
+    with pytest.raises(ValueError, match=r"'method_options\.radnom': no registered method reads these options"):
+        check_method_options({"radnom": {}})

@@ -198,7 +198,7 @@ def test_token_options_validated():
 @settings(max_examples=40, deadline=None)
 @given(
     st.integers(1, 4), st.integers(2, 7), st.sampled_from([0.3, 0.5, 0.7, 1.0]),
-    st.sampled_from(["random", "ppl", "loss", "rho1", "token_cleaning", "fastv"]),
+    st.sampled_from(["random", "ppl", "loss", "rho1", "token_cleaning", "fastv", "sparsevlm"]),
     st.sampled_from(["sample", "batch"]), st.integers(0, 2**16),
 )
 def test_exact_counts_property(b, t, ratio, name, scope, seed):
@@ -209,7 +209,8 @@ def test_exact_counts_property(b, t, ratio, name, scope, seed):
     cand = resp & (torch.rand(b, 1, generator=g) < 0.8)
     vals = lambda: torch.rand(b, t, generator=g) * resp  # noqa: E731
     s = BatchStats.from_tensors(vals(), vals(), resp, torch.ones(b, t, dtype=torch.bool), ref_nll=vals(),
-                                base_nll=vals(), attention_received=torch.rand(b, t, generator=g))
+                                base_nll=vals(), attention_received=torch.rand(b, t, generator=g),
+                                hidden_redundancy=torch.rand(b, t, generator=g))
     options = {"scope": scope, **({"threshold": "batch"} if name == "token_cleaning" else {})}
     pruner = TOKEN_PRUNERS[name](Budget(1.0, ratio), options, seed)
     keep, _ = pruner.select_tokens(s, cand)
@@ -248,3 +249,124 @@ def test_token_cleaning_global_threshold_tiny_models():
     keep, _ = pruner.select_tokens(s, s.response_mask)
     n = int(s.response_mask.sum())
     assert int(keep.sum()) == round(0.5 * n)  # random float scores: no ties at the cut
+
+
+# special_tokens: row 0's last response position (p4) and row 1's (p5) predict EOS
+SPECIAL = [[0, 0, 0, 0, 1, 0], [0, 0, 0, 0, 0, 1]]
+
+
+def test_special_tokens_switch_keeps_or_drops_eos():
+    s = stats(special_mask=SPECIAL)
+    # rank (default): EOS ranks like any token - ppl keeps row 0 p1 (.5), p3 (1.0); row 1 p4 (.2), p3 (2.5)
+    assert torch.equal(run("ppl", s=s), mask([[1, 3], [3, 4]]))
+    # keep: EOS always trained, outside the budget: r_t of the 3 others -> round(1.5) = 2 each
+    # row 0 p1 (.5), p3 (1.0) + EOS p4 ; row 1 p4 (.2), p3 (2.5) + EOS p5
+    assert torch.equal(run("ppl", {"special_tokens": "keep"}, s=s), mask([[1, 3, 4], [3, 4, 5]]))
+    # loss keeps the highest: rank -> row 0 p4 (EOS, 3.0), p2 (2.0); row 1 p5 (EOS, 4.0), p2 (3.5)
+    assert torch.equal(run("loss", s=s), mask([[2, 4], [2, 5]]))
+    # drop (the authors' baseline path): EOS never trained nor counted: row 0 p2 (2.0), p3 (1.0); row 1 p2, p3
+    assert torch.equal(run("loss", {"special_tokens": "drop"}, s=s), mask([[2, 3], [2, 3]]))
+    # keep for random: the EOS always in, 2 of the 3 others drawn
+    keep = run("random", {"special_tokens": "keep"}, s=s)
+    assert keep[0, 4] and keep[1, 5] and keep.sum(dim=1).tolist() == [3, 3]
+    # drop with count_prompt = the code's allowed_mask: attended minus special. fastv row 0 pool p0..p3 (4)
+    # -> k = 2: p0 (.9), p2 (.3) -> response p2 ; row 1 pool p0..p4 (5) -> k = 2: p0 (.8), p1 (.7) -> none
+    assert torch.equal(run("fastv", {"special_tokens": "drop", "count_prompt": True}, s=s), mask([[2], []]))
+
+
+def test_special_tokens_needs_the_mask():
+    with pytest.raises(ValueError, match="special_tokens: keep of method 'ppl' needs the special-token mask"):
+        run("ppl", {"special_tokens": "keep"})
+    with pytest.raises(ValueError, match="'special_tokens'"):
+        run("ppl", {"special_tokens": "yes"})
+
+
+def test_step_marks_special_positions():
+    from qtbench.train.step import special_positions
+
+    ids = torch.tensor([[1, 5, 6, 2, 0], [1, 7, 2, 0, 0]])  # BOS 1, EOS 2, pad 0
+    assert special_positions(ids, (0, 1, 2)).tolist() == [[False, False, True, True], [False, True, True, True]]
+    assert not special_positions(ids, ()).any()
+
+
+def sparsevlm_stats():
+    """One sample of 5 input tokens, all attended; loss positions j = 0..3
+    score keys 1..4; j0 predicts the last prompt token (prompt), j1..j3 the
+    response.  The final layer's attention (one head; rows: queries):
+
+        q0 [1.0               ]    column sums  2.1  1.0  1.3  .3  .3
+        q1 [ .5  .5           ]    p = /5 (all queries): .42 .2 .26 .06 .06
+        q2 [ .2  .2  .6       ]    -> loss positions: p = [.2, .26, .06, .06]
+        q3 [ .2  .2  .6   0   ]    (q3 copies q2: rank(P) = 4)
+        q4 [ .2  .1  .1  .3 .3]
+
+    Final-layer hidden states h0..h4 = (1,0) (1,0) (0,2) (1,0) (-1,0); unit
+    vectors' centre (.4, .2); redundancy s = centre . u = .4 .4 .2 .4 -.4 ->
+    loss positions s = [.4, .2, .4, -.4].
+    score = .5 p - .5 s = [-.10, .03, -.17, .23]."""
+    from qtbench.methods.stats import _attention_received, hidden_redundancy
+
+    a = torch.tensor([[1.0, 0, 0, 0, 0], [.5, .5, 0, 0, 0], [.2, .2, .6, 0, 0], [.2, .2, .6, 0, 0],
+                      [.2, .1, .1, .3, .3]], dtype=torch.float64)
+    hidden = torch.tensor([[[1.0, 0], [1, 0], [0, 2], [1, 0], [-1, 0]]], dtype=torch.float64)
+    p = _attention_received(a.sum(dim=0)[None], torch.ones(1, 5))["attention_received"]
+    s = hidden_redundancy(hidden, torch.ones(1, 5))
+    torch.testing.assert_close(p, torch.tensor([[.2, .26, .06, .06]], dtype=torch.float64))
+    torch.testing.assert_close(s.double(), torch.tensor([[.4, .2, .4, -.4]], dtype=torch.float64))
+    rank = int(torch.linalg.matrix_rank(a))
+    assert rank == 4
+    return BatchStats.from_tensors([[0.0, 1, 1, 1]], [[0.0] * 4], [[0, 1, 1, 1]], [[1, 1, 1, 1]],
+                                   attention_received=p, hidden_redundancy=s, attention_rank=[[float(rank)] * 4],
+                                   special_mask=[[0, 0, 0, 1]])
+
+
+def test_sparsevlm_hand_computed_ratio_and_authors_code():
+    s = sparsevlm_stats()
+    pruner = TOKEN_PRUNERS["sparsevlm"](Budget(1.0, 0.5), {}, 0)
+    torch.testing.assert_close(pruner.token_scores(s, s.response_mask),
+                               torch.tensor([[-.10, .03, -.17, .23]], dtype=torch.float64))
+    kept = lambda options, ratio=0.5: (  # noqa: E731
+        TOKEN_PRUNERS["sparsevlm"](Budget(1.0, ratio), options, 0).select_tokens(s, s.response_mask)[0]
+        .nonzero()[:, 1].tolist())
+    # ratio (default): r_t = .5 of 3 response tokens -> 2 highest: j3 (.23), j1 (.03)
+    assert kept({}) == [1, 3]
+    # FastV on p alone keeps j1 (.26) and j2 (.06, tie with j3 -> earlier): the redundancy term flips j2/j3
+    assert TOKEN_PRUNERS["fastv"](Budget(1.0, 0.5), {}, 0).select_tokens(s, s.response_mask)[0].nonzero()[:, 1].tolist() == [1, 2]
+    # alpha = 1: attention only, as FastV
+    assert kept({"alpha": 1.0}) == [1, 2]
+    # authors_code: N = max(1, (L-1) - rank) = max(1, 4 - 4) = 1; n_valid = 4 attended -> marks min(1, 3) = 1
+    # lowest-scored attended position: j2 (-.17), a response token -> trained; r_t is ignored
+    for ratio in (0.5, 1.0):
+        assert kept({"budget": "authors_code"}, ratio) == [2]
+    # rank 2 -> N = 2: the two lowest, j2 (-.17) and j0 (-.10, prompt: no loss) -> only j2 trained
+    low_rank = BatchStats.from_tensors(s.nll, s.entropy, s.response_mask, s.attention_mask,
+                                       attention_received=s.extras["attention_received"],
+                                       hidden_redundancy=s.extras["hidden_redundancy"], attention_rank=[[2.0] * 4])
+    pruner = TOKEN_PRUNERS["sparsevlm"](Budget(1.0, 0.5), {"budget": "authors_code"}, 0)
+    keep, trace = pruner.select_tokens(low_rank, low_rank.response_mask)
+    assert keep.nonzero()[:, 1].tolist() == [2] and trace["sparsevlm_n_prune"] == 2
+    # special_tokens: keep under ratio: j3 (EOS) always kept, 1 of the other 2 (round(1.0)): j1 (.03)
+    assert kept({"special_tokens": "keep"}) == [1, 3]
+    assert kept({"special_tokens": "drop"}) == [1]
+
+
+def test_sparsevlm_stats_and_options():
+    cls = TOKEN_PRUNERS["sparsevlm"]
+    assert cls(Budget(1.0, 0.5), {}, 0).required_stats == {"attention_received", "hidden_redundancy"}
+    assert cls(Budget(1.0, 0.5), {"budget": "authors_code"}, 0).required_stats == {
+        "attention_received", "hidden_redundancy", "attention_rank"}
+    assert cls.stats_for_options({"budget": "authors_code"}) >= {"attention_rank"}
+    for bad in ({"budget": "paper"}, {"alpha": 1.5}, {"budget": "authors_code", "scope": "batch"},
+                {"budget": "authors_code", "count_prompt": True}):
+        with pytest.raises(ValueError, match="sparsevlm"):
+            cls(Budget(1.0, 0.5), bad, 0)
+
+
+def test_sparsevlm_composes_in_pairs():
+    from qtbench.methods.registry import build_method, parse_method
+
+    for name in ("random+sparsevlm", "longest+sparsevlm"):
+        spec = parse_method(name)
+        assert (spec.family, spec.token) == ("pair", "sparsevlm")
+    method = build_method("random+sparsevlm", Budget(0.5, 0.5), {"random": {"mode": "batch"}})
+    assert method.required_stats == {"attention_received", "hidden_redundancy"}

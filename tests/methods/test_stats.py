@@ -71,17 +71,35 @@ def test_attention_received_for_fastv(tiny_model_dir):
 
 
 def _eager_reference(model, input_ids, attention_mask):
-    """FastV's score the plain way: every layer's attentions from an eager
+    """FastV's scores the plain way: every layer's attentions from an eager
     forward with ``output_attentions``, the final layer's mean over heads,
-    summed over attended queries, divided by the queries that see each key."""
+    summed over attended queries, divided by the sample's attended queries
+    (``attention_received``) or by those that see each key (``..._visible``);
+    SparseVLM's redundancy from the final layer's hidden states, the full
+    cosine matrix; the rank of the head- and row-mean attention matrix."""
     model.set_attn_implementation("eager")
     with torch.no_grad():
-        attn = model(input_ids=input_ids, attention_mask=attention_mask, output_attentions=True).attentions[-1]
+        out = model(input_ids=input_ids, attention_mask=attention_mask, output_attentions=True,
+                    output_hidden_states=True)
     model.set_attn_implementation("sdpa")
-    weights = attn.double().mean(dim=1) * attention_mask.double()[:, :, None]
-    received = weights.sum(dim=1)
-    seen_by = torch.flip(torch.cumsum(torch.flip(attention_mask.double(), [1]), 1), [1]).clamp_min(1.0)
-    return (received / seen_by)[:, 1:]
+    attn = out.attentions[-1].double()
+    on = attention_mask.double()
+    received = (attn.mean(dim=1) * on[:, :, None]).sum(dim=1)
+    seen_by = torch.flip(torch.cumsum(torch.flip(on, [1]), 1), [1]).clamp_min(1.0)
+    # hidden_states[-1] has the final norm applied; the last layer's own output is what the authors hook
+    hidden = {}
+    hook = model.model.layers[-1].register_forward_hook(
+        lambda _m, _a, o: hidden.__setitem__("h", (o[0] if isinstance(o, tuple) else o).double()))
+    with torch.no_grad():
+        model(input_ids=input_ids, attention_mask=attention_mask)
+    hook.remove()
+    unit = torch.nn.functional.normalize(hidden["h"], dim=-1)
+    cos = unit @ unit.transpose(1, 2)  # [B, L, L]
+    redundancy = (cos * on[:, :, None]).sum(dim=1) / on.sum(dim=1, keepdim=True)
+    return {"attention_received": (received / on.sum(dim=1, keepdim=True))[:, 1:],
+            "attention_received_visible": (received / seen_by)[:, 1:],
+            "hidden_redundancy": redundancy[:, 1:],
+            "attention_rank": int(torch.linalg.matrix_rank(attn.mean(dim=(0, 1)).float()))}
 
 
 def test_last_layer_attention_equals_eager_output_attentions():
@@ -101,14 +119,54 @@ def test_last_layer_attention_equals_eager_output_attentions():
         model.set_attn_implementation("sdpa")
         model.eval()
         expected = _eager_reference(model, input_ids, attention_mask)
-        got = token_nll_entropy(model, input_ids, attention_mask, want_attention=True)["attention_received"]
+        hooks_before = len(model.model.layers[-1]._forward_hooks)
+        got = token_nll_entropy(model, input_ids, attention_mask, want_attention=True, want_hidden=True,
+                                want_rank=True)
         attended = attention_mask[:, 1:].bool()
-        torch.testing.assert_close(got.double()[attended], expected[attended], atol=1e-6, rtol=1e-5)
+        for name in ("attention_received", "attention_received_visible", "hidden_redundancy"):
+            torch.testing.assert_close(got[name].double()[attended], expected[name][attended], atol=1e-6, rtol=1e-5)
+        assert got["attention_rank"].unique().tolist() == [expected["attention_rank"]]
         plain = token_nll_entropy(model, input_ids, attention_mask)
-        hooked = token_nll_entropy(model, input_ids, attention_mask, want_attention=True)
-        torch.testing.assert_close(hooked["nll"], plain["nll"])  # the forward itself is unchanged
+        torch.testing.assert_close(got["nll"], plain["nll"])  # the forward itself is unchanged
         assert model.config._attn_implementation == "sdpa"
         assert model.model.layers[-1].self_attn.config is model.config  # the hook is gone
+        assert len(model.model.layers[-1]._forward_hooks) == hooks_before  # the redundancy hook is gone too
+
+
+def test_fastv_readings_on_a_hand_written_attention_matrix():
+    """One head, one sample of 5 attended tokens; the final layer's attention
+    (rows: queries, columns: keys):
+
+        q0 [1.0                ]      received by k0..k4 (column sums):
+        q1 [ .5  .5            ]        2.2  .9  .8  .8  .3
+        q2 [ .2  .2  .6        ]      all_queries (/5):   .44 .18 .16 .16 .06
+        q3 [ .1  .1  .1  .7    ]      visible (/5,4,3,2,1): .44 .225 .2667 .4 .3
+        q4 [ .4  .1  .1  .1  .3]
+
+    Loss position j scores key j+1.  Response = loss positions 1..3 (keys
+    2..4), r_t = .5 -> 2 kept: all_queries keeps p1, p2 (.16 .16 over .06);
+    visible_queries keeps p2, p3 (.4 .3 over .2667)."""
+    from qtbench.methods.base import BatchStats, Budget
+    from qtbench.methods.registry import TOKEN_PRUNERS, load_registry
+    from qtbench.methods.stats import _attention_received
+
+    a = torch.tensor([[1.0, 0, 0, 0, 0], [.5, .5, 0, 0, 0], [.2, .2, .6, 0, 0], [.1, .1, .1, .7, 0],
+                      [.4, .1, .1, .1, .3]], dtype=torch.float64)
+    received = a.sum(dim=0)[None]
+    got = _attention_received(received, torch.ones(1, 5))
+    torch.testing.assert_close(got["attention_received"], torch.tensor([[.18, .16, .16, .06]], dtype=torch.float64))
+    torch.testing.assert_close(got["attention_received_visible"],
+                               torch.tensor([[.225, .8 / 3, .4, .3]], dtype=torch.float64))
+    load_registry()
+    stats = BatchStats.from_tensors([[0.0] * 4], [[0.0] * 4], [[0, 1, 1, 1]], [[1, 1, 1, 1]], **got)
+    kept = {}
+    for mean in ("all_queries", "visible_queries"):
+        pruner = TOKEN_PRUNERS["fastv"](Budget(1.0, 0.5), {"attention_mean": mean}, 0)
+        kept[mean] = pruner.select_tokens(stats, stats.response_mask)[0].nonzero()[:, 1].tolist()
+    assert kept == {"all_queries": [1, 2], "visible_queries": [2, 3]}
+    assert TOKEN_PRUNERS["fastv"](Budget(1.0, 0.5), {}, 0).required_stats == {"attention_received"}
+    assert TOKEN_PRUNERS["fastv"].stats_for_options({"attention_mean": "visible_queries"}) == {
+        "attention_received_visible"}
 
 
 class _FixedHidden(torch.nn.Module):

@@ -167,7 +167,7 @@ def test_variant_options_under_method_options_are_an_error():
 
 
 def test_option_keys_are_declared_by_every_registered_pruner():
-    assert option_keys("ppl") == {"drop", "scope", "count_prompt"}
-    assert option_keys("random") == {"mode", "double_prune", "scope", "count_prompt"}
+    assert option_keys("ppl") == {"drop", "scope", "count_prompt", "special_tokens"}
+    assert option_keys("random") == {"mode", "double_prune", "scope", "count_prompt", "special_tokens"}
     assert "lambda" in option_keys("q_tuning") and "stage" in option_keys("q_tuning")
     assert check_variants({"x_v": {"method": "ifd", "options": {"threshold": 0.9}}})["x_v"].method == "ifd"
