@@ -19,6 +19,7 @@ from qtbench.report.aggregate import TABLE_STEMS
 from qtbench.report.plots import PLOT_FORMATS, PLOT_NAMES
 from qtbench.report.render import TABLE_FORMATS
 from qtbench.methods.registry import uses_ground_truth
+from qtbench.methods import static as qstatic
 
 # `--configfile` merges mappings key by key, so a config that names its own models
 # (config/paper.yaml) would also inherit the default's `tiny` world model: models
@@ -160,6 +161,31 @@ def reference_run_config(model):
                                              "data": dict(config["data"], max_records=None), "train": train,
                                              "method_options": {}})
     return affecting  # W&B (off for the reference), threads, intervals: REFERENCE_SETTINGS
+
+
+def world_judge_path(model):
+    """The model a judge path ``world`` names: the world's base model of
+    ``model`` when it is a world model, else of the first world model (None: none)."""
+    if config["models"][model]["path"] == "world":
+        return base_model_path(model)
+    worlds = [name for name, entry in config["models"].items() if entry["path"] == "world"]
+    return base_model_path(worlds[0]) if worlds else None
+
+
+def static_options(model, sample_method):
+    """(registered pruner, options) of a static_scores job; a judge-scored
+    pruner's judge paths ``world`` resolved to the world's base model folder
+    (qtbench.methods.static.resolve_judge_paths)."""
+    name, options = pruner_options(sample_method, config["method_options"], config["variants"])
+    return name, qstatic.resolve_judge_paths(SAMPLE_PRUNERS[name], options, world_judge_path(model))
+
+
+def judge_inputs(model, sample_method):
+    """The judge models of a static_scores job that the DAG builds (the world's
+    base model): inputs, so that the job waits for them and reruns when they change."""
+    name, options = static_options(model, sample_method)
+    built = {base_model_path(m) for m, entry in config["models"].items() if entry["path"] == "world"}
+    return [path for path in qstatic.judge_paths(SAMPLE_PRUNERS[name], options) if path in built]
 
 
 # --------------------------------------------------------------------------- helpers of train.smk
