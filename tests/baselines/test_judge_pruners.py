@@ -370,3 +370,26 @@ def test_stand_in_judge_shows_in_the_tables():
     assert row_options("ds2", cfg["method_options"]) == "stand-in judge"
     assert row_options("deita", {"deita": {"complexity_scorer": {"path": "x/y"}}}) == ""
     assert row_options("ifd", cfg["method_options"]) == ""
+
+
+def test_snakemake_plans_judges_as_inputs_and_names_a_missing_one(tmp_path):
+    from tests.test_ablation_configs import dry_run
+    from tests.test_paper_grid import job_counts
+
+    cfg = tmp_path / "judges.yaml"
+    cfg.write_text("experiment: j\nmethods: [alpagasus, deita+random, ds2]\n")
+    done = dry_run(tmp_path, cfg)
+    text = done.stdout + done.stderr
+    assert done.returncode == 0, text[-3000:]
+    assert job_counts(text)["static_scores"] == 3
+    # the world's base model is the (stand-in) judge: an input of each scoring job, its path resolved
+    blocks = [block for block in text.split("rule ")[1:] if block.startswith("static_scores")]
+    assert len(blocks) == 3 and all("results/j/models/tiny/base" in block.split("output:")[0] for block in blocks)
+    assert '"judge": {"path": "results/j/models/tiny/base"}' in text
+    assert '"rater": {"path": "results/j/models/tiny/base"}' in text
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("experiment: j\nmethods: [ds2]\nmethod_options:\n  ds2: {rater: {path: ./no/such/rater}}\n")
+    done = dry_run(tmp_path, bad)
+    assert done.returncode != 0
+    assert "method_options.ds2.rater.path" in done.stdout + done.stderr
