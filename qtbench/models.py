@@ -176,5 +176,24 @@ def load_reference(model_entry: Mapping[str, Any], path: str, base_tokenizer: An
     return load_model(path, entry, device)
 
 
+def load_encoder(path: str, entry: Mapping[str, Any] | None = None, device: str | torch.device = "auto") -> Any:
+    """An embedding model (``AutoModel``: any architecture, e.g. a BERT-style
+    encoder, or the body of a causal LM), with the same safety rules as
+    :func:`load_model`: safetensors only, ``trust_remote_code`` as the entry says."""
+    from transformers import AutoModel
+
+    entry = entry or {}
+    device = resolve_device(device) if isinstance(device, str) else device
+    check_model_path(path)
+    model = AutoModel.from_pretrained(
+        path,
+        revision=entry.get("revision"),
+        trust_remote_code=trust_remote_code(entry),
+        dtype=resolve_dtype(entry.get("dtype", "auto"), device),
+        use_safetensors=True,
+    )
+    return model.to(device)
+
+
 def count_parameters(model: Any) -> int:
     return sum(p.numel() for p in model.parameters())

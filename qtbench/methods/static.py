@@ -14,14 +14,30 @@ rule's outputs by name, plus plain values such as the eval task names).
 The ``token_scores`` rule calls :func:`score_tokens`: TokenCleaning's
 pre-pass (every response token's ``base_nll - ref_nll``, once per model),
 from which each run places its global cut.
+
+Judge-scored pruners (Alpagasus, DEITA, DS2) score with models of their own
+(an LLM judge, scorers, an embedder), named in their options as
+``{path, revision, trust_remote_code, dtype}`` and declared by the class
+attribute ``judge_slots`` (:class:`JudgeSlot`).  For them the base model is not
+loaded: ``static_scores`` receives a :class:`JudgeModels` mapping (option key
+-> ``(model, tokenizer)``, loaded on first use through ``qtbench.models``:
+safetensors only, ``trust_remote_code`` only where that judge's entry says so)
+in place of the model, and ``None`` as the tokenizer.  Such a ``static_scores``
+may return ``{"scores": [...], <name>: <JSON value>, ...}`` (e.g. one value
+per record): the other entries are written beside the scores under
+``extras``, for inspection.
+A judge path ``world`` names the synthetic world's base model; the Snakefile
+resolves it to that folder (:func:`resolve_judge_paths`) and makes it an input
+of the scoring job.
 """
 
 from __future__ import annotations
 
 import importlib
 import inspect
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 from qtbench.io import write_json_atomic
 from qtbench.methods.registry import SAMPLE_PRUNERS, load_registry
@@ -44,18 +60,33 @@ def score_static(method: str, model_path: str, data: str, options: Mapping[str, 
                               data_cfg.get("revision"), data_cfg.get("on_bad_record", "skip"), data_cfg.get("max_records"))
     from qtbench.models import load_model, load_tokenizer
 
-    proxy = options.get("proxy") or model_path
-    entry = scoring_model_entry(options, model_entry)
-    tokenizer = load_tokenizer(proxy, entry)
-    model = load_model(proxy, entry).eval()
     takes_inputs = "inputs" in inspect.signature(scorer).parameters
     if inputs and not takes_inputs:
         raise ValueError(f"{method}: static_scores() takes no 'inputs', but the rule gave {sorted(inputs)}")
     extra = {"inputs": dict(inputs or {})} if takes_inputs else {}
-    scores = [float(s) for s in scorer(records, model, tokenizer, dict(options), **extra)]
+    slots = judge_slots(SAMPLE_PRUNERS[method])
+    if slots:
+        judges = JudgeModels(slots, options, model_entry)
+        result = scorer(records, judges, None, dict(options), **extra)
+        scored_with: Any = judges.describe()
+    else:
+        proxy = options.get("proxy") or model_path
+        entry = scoring_model_entry(options, model_entry)
+        tokenizer = load_tokenizer(proxy, entry)
+        model = load_model(proxy, entry).eval()
+        result = scorer(records, model, tokenizer, dict(options), **extra)
+        scored_with = str(proxy)
+    extras: dict[str, list] = {}
+    if isinstance(result, Mapping):
+        extras = {k: list(v) if isinstance(v, tuple) else v for k, v in result.items() if k != "scores"}
+        result = result["scores"]
+    scores = [float(s) for s in result]
     if len(scores) != len(records):
         raise ValueError(f"{method}: static_scores returned {len(scores)} scores for {len(records)} records")
-    write_json_atomic(out, {"method": method, "model": str(proxy), "data": str(data), "n": len(scores), "scores": scores})
+    record = {"method": method, "model": scored_with, "data": str(data), "n": len(scores), "scores": scores}
+    if extras:
+        record["extras"] = extras
+    write_json_atomic(out, record)
     return scores
 
 
@@ -126,3 +157,151 @@ def scoring_model_entry(options: Mapping[str, Any], model_entry: Mapping[str, An
     if not options.get("proxy"):
         return model_entry
     return {"revision": options.get("proxy_revision"), "dtype": model_entry.get("dtype", "auto")}
+
+
+# --------------------------------------------------------------------------- judge models
+
+
+#: A judge path that names the synthetic world's base model (resolved by the Snakefile).
+WORLD_JUDGE = "world"
+
+#: The keys of a judge entry (``method_options.<m>.<slot>``).
+JUDGE_ENTRY_KEYS = ("path", "revision", "trust_remote_code", "dtype")
+
+
+@dataclass(frozen=True)
+class JudgeSlot:
+    """An option of a judge-scored pruner that names a model.
+
+    ``required``: the config must name it (checked at DAG build, naming the key);
+    ``encoder``: an embedding model, loaded with ``AutoModel`` (any architecture,
+    e.g. a BGE encoder) rather than as a causal LM; ``fallback``: the slot whose
+    model stands in when this optional one is null (e.g. the embedder defaults to
+    the scorer)."""
+
+    key: str
+    required: bool = True
+    encoder: bool = False
+    fallback: str | None = None
+
+
+def judge_slots(cls: Any) -> tuple[JudgeSlot, ...]:
+    """The judge slots a registered pruner class declares (``()`` for the rest)."""
+    return tuple(getattr(cls, "judge_slots", ()) or ())
+
+
+def check_judge_entry(method: str, key: str, value: Any, required: bool = True) -> dict[str, Any] | None:
+    """Validate ``method_options.<method>.<key>``: a mapping ``{path, revision,
+    trust_remote_code, dtype}`` (only ``path`` required); ``None`` when absent and
+    not required.  Raises ``ValueError`` naming the option."""
+    if value is None:
+        if required:
+            raise ValueError(f"option {key!r} of method {method!r} is missing: {method} scores with a judge model; "
+                             f"name it as {{path: <model id, local folder or 'world'>, revision: <commit>}}")
+        return None
+    if not isinstance(value, Mapping):
+        raise ValueError(f"option {key!r} of method {method!r} must be a mapping {{path:, revision:}}, got {value!r}")
+    unknown = sorted(set(value) - set(JUDGE_ENTRY_KEYS))
+    if unknown:
+        raise ValueError(f"option {key!r} of method {method!r}: unknown key {unknown[0]!r} "
+                         f"(known: {', '.join(JUDGE_ENTRY_KEYS)})")
+    path = value.get("path")
+    if not isinstance(path, str) or not path:
+        raise ValueError(f"option {key!r} of method {method!r} needs 'path' (a model id, a local folder or 'world')")
+    revision = value.get("revision")
+    if revision is not None and (not isinstance(revision, str) or not revision):
+        raise ValueError(f"option {key!r} of method {method!r}: 'revision' must be a commit or tag, got {revision!r}")
+    trust = value.get("trust_remote_code", False)
+    if trust is not None and not isinstance(trust, bool):
+        raise ValueError(f"option {key!r} of method {method!r}: 'trust_remote_code' must be true or false, got {trust!r}")
+    dtype = value.get("dtype")
+    if dtype is not None and dtype not in ("auto", "float32", "bfloat16", "float16"):
+        raise ValueError(f"option {key!r} of method {method!r}: 'dtype' must be auto, float32, bfloat16 or float16")
+    return dict(value)
+
+
+def judge_entry(judge: Mapping[str, Any], model_entry: Mapping[str, Any] | None) -> dict[str, Any]:
+    """How to load a judge: its own revision and ``trust_remote_code`` (never the
+    base model's: another repository), its ``dtype`` or else the base model's."""
+    model_entry = dict(model_entry or {})
+    return {"revision": judge.get("revision"), "trust_remote_code": bool(judge.get("trust_remote_code") or False),
+            "dtype": judge.get("dtype") or model_entry.get("dtype", "auto")}
+
+
+def resolve_judge_paths(cls: Any, options: Mapping[str, Any], world_model: str | None) -> dict[str, Any]:
+    """``options`` with every judge path ``world`` replaced by ``world_model``
+    (the world's base model folder); unchanged for pruners without judges.
+    Raises ``ValueError`` when a judge says ``world`` and there is none."""
+    out = dict(options)
+    for slot in judge_slots(cls):
+        entry = out.get(slot.key)
+        if isinstance(entry, Mapping) and entry.get("path") == WORLD_JUDGE:
+            if not world_model:
+                raise ValueError(f"option {slot.key!r}: path 'world' names the synthetic world's base model, "
+                                 "but no model of the config has path: world")
+            out[slot.key] = {**entry, "path": str(world_model)}
+    return out
+
+
+def judge_paths(cls: Any, options: Mapping[str, Any]) -> list[str]:
+    """The model paths the judge slots of ``cls`` name in ``options`` (in slot order, unique)."""
+    paths: list[str] = []
+    for slot in judge_slots(cls):
+        entry = options.get(slot.key)
+        if isinstance(entry, Mapping) and isinstance(entry.get("path"), str) and entry["path"] not in paths:
+            paths.append(entry["path"])
+    return paths
+
+
+class JudgeModels(Mapping):
+    """Option key -> ``(model, tokenizer)`` of a judge-scored pruner, each
+    loaded once on first use (two slots naming the same model and revision
+    share one copy; an optional slot left null takes its ``fallback``'s)."""
+
+    def __init__(self, slots: tuple[JudgeSlot, ...], options: Mapping[str, Any],
+                 model_entry: Mapping[str, Any] | None = None) -> None:
+        self.slots = {slot.key: slot for slot in slots}
+        self.options = dict(options)
+        self.model_entry = dict(model_entry or {})
+        self._loaded: dict[tuple, tuple[Any, Any]] = {}
+
+    def _target(self, key: str) -> tuple[str, JudgeSlot]:
+        slot = self.slots[key]
+        seen = set()
+        while self.options.get(key) is None and self.slots[key].fallback and key not in seen:
+            seen.add(key)
+            key = self.slots[key].fallback
+        if self.options.get(key) is None:
+            raise ValueError(f"judge option {slot.key!r} is not set")
+        return key, slot
+
+    def __getitem__(self, key: str) -> tuple[Any, Any]:
+        if key not in self.slots:
+            raise KeyError(key)
+        source, slot = self._target(key)
+        judge = self.options[source]
+        entry = judge_entry(judge, self.model_entry)
+        # an unset slot that falls back reuses its fallback's model as loaded
+        encoder = slot.encoder and source == key
+        ident = (judge["path"], entry["revision"], entry["dtype"], encoder)
+        if ident not in self._loaded:
+            from qtbench.models import load_encoder, load_model, load_tokenizer
+
+            tokenizer = load_tokenizer(judge["path"], entry)
+            model = (load_encoder if encoder else load_model)(judge["path"], entry).eval()
+            self._loaded[ident] = (model, tokenizer)
+        return self._loaded[ident]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.slots)
+
+    def __len__(self) -> int:
+        return len(self.slots)
+
+    def describe(self) -> dict[str, Any]:
+        """Slot -> the path and revision it scores with (null: falls back)."""
+        out = {}
+        for key in self.slots:
+            judge = self.options.get(key)
+            out[key] = None if judge is None else {"path": judge["path"], "revision": judge.get("revision")}
+        return out

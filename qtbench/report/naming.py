@@ -10,8 +10,11 @@
   methods that read ground-truth labels (:func:`qtbench.methods.registry.uses_ground_truth`)
   are *controls*, in their own group (:func:`row_group`);
 * a variant (config ``variants``) is shown under its base method with the
-  options that differ (:func:`base_method`, :func:`row_options`), and a run that
-  uses InfoBatch says which form it ran (:func:`infobatch_form`).
+  options that differ (:func:`base_method`, :func:`row_options`), a run that
+  uses InfoBatch says which form it ran (:func:`infobatch_form`), and a run whose
+  judge-scored pruner (Alpagasus, DEITA, DS2) scores with a stand-in judge
+  (option ``stand_in: true``, e.g. the world's tiny base model) says so
+  (:func:`judge_note`).
 """
 
 from __future__ import annotations
@@ -124,12 +127,29 @@ def infobatch_form(method: str, method_options: Mapping[str, Any] | None = None,
     return ""
 
 
+def judge_note(method: str, method_options: Mapping[str, Any] | None = None,
+               variants: Mapping[str, Any] | None = None) -> str:
+    """``"stand-in judge"`` when a part of the run is a judge-scored pruner whose
+    options say ``stand_in: true`` (its judge substitutes for the paper's, e.g.
+    the world's tiny base model for ChatGPT), else ``""``."""
+    try:
+        resolved = resolve_method(method, variants)
+        options = part_options(method, method_options, variants)
+    except ValueError:
+        return ""
+    for role, cls in resolved.classes().items():
+        if getattr(cls, "judge_slots", None) and options.get(role, {}).get("stand_in") is True:
+            return "stand-in judge"
+    return ""
+
+
 def row_options(method: str, method_options: Mapping[str, Any] | None = None,
                 variants: Mapping[str, Any] | None = None) -> str:
     """What a row's options column shows: for a variant, ``variant of <base>:``
     and the options that differ from its base method's run
     (:func:`qtbench.methods.registry.describe_variant`); for a run that uses
-    InfoBatch, its form (:func:`infobatch_form`).  ``""`` otherwise."""
+    InfoBatch, its form (:func:`infobatch_form`); for a run scored by a stand-in
+    judge, ``stand-in judge`` (:func:`judge_note`).  ``""`` otherwise."""
     if method == "base":
         return ""
     try:
@@ -143,6 +163,9 @@ def row_options(method: str, method_options: Mapping[str, Any] | None = None,
     form = infobatch_form(method, method_options, variants)
     if form:
         parts.append(f"InfoBatch: {form}")
+    note = judge_note(method, method_options, variants)
+    if note:
+        parts.append(note)
     return "; ".join(parts)
 
 

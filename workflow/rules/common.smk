@@ -21,6 +21,7 @@ from qtbench.report.render import TABLE_FORMATS
 from qtbench.methods.registry import uses_ground_truth
 from qtbench.methods.registry import needs_token_scores as method_needs_token_scores
 from qtbench.models import reference_path
+from qtbench.methods import static as qstatic
 
 # `--configfile` merges mappings key by key, so a config that names its own models
 # (config/paper.yaml) would also inherit the default's `tiny` world model: models
@@ -189,15 +190,6 @@ def reference_run_config(model):
     return affecting  # W&B (off for the reference), threads, intervals: REFERENCE_SETTINGS
 
 
-def static_options(sample_method):
-    """A static pruner's scoring options; a null ``max_length`` = train.max_length
-    (qtbench.methods.static.scoring_options)."""
-    from qtbench.methods.static import scoring_options
-
-    method, options = pruner_options(sample_method, config["method_options"], config["variants"])
-    return scoring_options(method, options, config["train"]["max_length"])
-
-
 def reference_input(model):
     """The reference model folder a job waits for: built by the reference_model
     rule when models.<m>.reference is null, else nothing (a configured path or id)."""
@@ -206,6 +198,33 @@ def reference_input(model):
 
 def reference_arg(model):
     return reference_path(model_entry(model)) or f"{R}/models/{model}/reference"
+
+
+def world_judge_path(model):
+    """The model a judge path ``world`` names: the world's base model of
+    ``model`` when it is a world model, else of the first world model (None: none)."""
+    if config["models"][model]["path"] == "world":
+        return base_model_path(model)
+    worlds = [name for name, entry in config["models"].items() if entry["path"] == "world"]
+    return base_model_path(worlds[0]) if worlds else None
+
+
+def static_options(model, sample_method):
+    """(registered pruner, options) of a static_scores job: a null ``max_length``
+    is train.max_length (qtbench.methods.static.scoring_options), a judge-scored
+    pruner's judge paths ``world`` are the world's base model folder
+    (qtbench.methods.static.resolve_judge_paths)."""
+    name, options = pruner_options(sample_method, config["method_options"], config["variants"])
+    options = qstatic.scoring_options(name, options, config["train"]["max_length"])
+    return name, qstatic.resolve_judge_paths(SAMPLE_PRUNERS[name], options, world_judge_path(model))
+
+
+def judge_inputs(model, sample_method):
+    """The judge models of a static_scores job that the DAG builds (the world's
+    base model): inputs, so that the job waits for them and reruns when they change."""
+    name, options = static_options(model, sample_method)
+    built = {base_model_path(m) for m, entry in config["models"].items() if entry["path"] == "world"}
+    return [path for path in qstatic.judge_paths(SAMPLE_PRUNERS[name], options) if path in built]
 
 
 # --------------------------------------------------------------------------- helpers of train.smk

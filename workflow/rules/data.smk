@@ -1,5 +1,7 @@
 # Data and models that runs share: the synthetic world, its tiny base model,
-# the reference model of Rho-1/TokenCleaning, cached static scores, and
+# the reference model of Rho-1/TokenCleaning, cached static scores (a
+# judge-scored pruner's judges - Alpagasus, DEITA, DS2 - are inputs when the
+# DAG builds them: `path: world` is the world's base model), and
 # TokenCleaning's per-token scores (its global threshold).
 # Helper functions: common.smk.
 
@@ -101,13 +103,14 @@ rule reference_model:
 rule static_scores:
     input:
         unpack(static_scores_inputs),  # + the outputs of a method's own step (STATIC_STEPS, common.smk)
+        judges=lambda wc: judge_inputs(wc.model, wc.sample_method),
     output:
         f"{R}/static/{{model}}/{{sample_method}}.json",
     params:
         model=lambda wc: base_model_path(wc.model),
         data=lambda wc, input: shlex.quote(input.data[0] if input.data else sft_data_path()),
-        method=lambda wc: pruner_options(wc.sample_method, config["method_options"], config["variants"])[0],
-        options=lambda wc: as_arg(static_options(wc.sample_method)),
+        method=lambda wc: static_options(wc.model, wc.sample_method)[0],
+        options=lambda wc: as_arg(static_options(wc.model, wc.sample_method)[1]),
         entry=lambda wc: as_arg(model_entry(wc.model)),
         data_config=as_arg(config["data"]),
         inputs=static_scores_step_arg,
