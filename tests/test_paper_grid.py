@@ -143,6 +143,9 @@ def expected_jobs(cfg: dict) -> Counter:
         expected["evaluate_base"] = len(cfg["models"])
     if static:
         expected["static_scores"] = len(static)
+    less = {model for model, sample in static if sample == "less"}  # one LoRA warm-up per model (same options)
+    if less:
+        expected["less_warmup"] = len(less)
     return expected
 
 
@@ -177,8 +180,15 @@ def test_alignment_grid_is_the_papers():
         3, 1e-4, 8, 4, 2048)
     assert cfg["method_options"]["q_tuning"]["lambda"] == 0.5
     methods = set(cfg["methods"])
-    crossed = {f"{s}+{t}" for s in ("random", "longest", "infobatch", "entropy") for t in ("random", "ppl", "fastv")}
+    crossed = {f"{s}+{t}" for s in ("random", "longest", "infobatch", "entropy")
+               for t in ("random", "ppl", "fastv", "sparsevlm")}
     assert crossed | {"full", "q_tuning"} <= methods
+    # Table 13: the static pruners with Random tokens, r_s 12.5% / 25% x r_t 50% / 100%
+    table13 = {f"{s}+random" for s in ("alpagasus", "deita", "ds2", "less")}
+    assert table13 <= methods
+    for name in table13:
+        assert {(b["r_s"], b["r_t"]) for b in cfg["method_budgets"][name]} == {
+            (r_s, r_t) for r_s in (0.125, 0.25) for r_t in (0.5, 1)}, name
     assert {m["path"] for m in cfg["models"].values()} == {"meta-llama/Llama-2-7b-hf", "mistralai/Mistral-7B-v0.1"}
     for name, model in cfg["models"].items():
         assert model["path"] != "world", name
@@ -190,6 +200,9 @@ def test_reasoning_grid_is_the_papers():
     assert {t["name"]: t["num_fewshot"] for t in cfg["eval"]["tasks"]} == {"gsm8k": 4, "minerva_math": 4}
     assert {(float(b["r_s"]), float(b["r_t"])) for b in cfg["budgets"]} == {(0.25, 0.5), (0.25, 0.7), (0.5, 0.7)}
     assert len(cfg["models"]) == 3 and "HuggingFaceTB/SmolLM2-1.7B" in {m["path"] for m in cfg["models"].values()}
+    crossed = {f"{s}+{t}" for s in ("random", "longest", "infobatch", "entropy")
+               for t in ("random", "ppl", "fastv", "sparsevlm")}
+    assert crossed <= set(cfg["methods"])
 
 
 @pytest.mark.parametrize("path", [PAPER, REASONING], ids=["alignment", "reasoning"])

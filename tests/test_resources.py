@@ -175,4 +175,4 @@ def test_validate_config_merges_over_the_default_like_snakemake(capsys, tmp_path
 def test_validate_config_paper_lists_the_grid(capsys):
     assert cli(["validate-config", str(REPO_ROOT / "config" / "paper.yaml")]) == 0
     first = capsys.readouterr().out.splitlines()[0]
-    assert first.endswith("470 training run(s), 472 evaluation(s)")
+    assert first.endswith("598 training run(s), 600 evaluation(s)")

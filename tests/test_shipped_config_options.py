@@ -36,7 +36,7 @@ def run_options(config_name: str) -> dict[str, dict[str, dict]]:
 def test_paper_grids_run_infobatch_as_the_authors_code_not_the_default_worlds(config_name):
     options = run_options(config_name)
     infobatch_runs = [name for name in options if name.startswith("infobatch+")]
-    assert sorted(infobatch_runs) == ["infobatch+fastv", "infobatch+ppl", "infobatch+random"]
+    assert sorted(infobatch_runs) == ["infobatch+fastv", "infobatch+ppl", "infobatch+random", "infobatch+sparsevlm"]
     for name in infobatch_runs:
         assert options[name]["sample"] == PAPER_INFOBATCH, name
 
@@ -73,3 +73,28 @@ def test_the_embedded_ablations_compare_the_paper_preset_with_the_code_default()
     assert options["q_tuning"] == {"joint": {}}
     assert options["q_tuning_paper"] == {"joint": {"preset": "paper_text"}}
     assert options["q_tuning_l03"] == {"joint": {"lambda": 0.3}}
+
+
+def test_paper_grid_judges_and_less_are_its_own_not_the_default_worlds():
+    """The default world names its tiny model as every judge (stand_in: true) and
+    sizes LESS for it; the alignment grid states every one of those keys."""
+    options = run_options("paper.yaml")
+    alpagasus = options["alpagasus+random"]["sample"]
+    assert alpagasus["judge"]["path"] == "meta-llama/Llama-3.1-8B-Instruct" and alpagasus["stand_in"] is False
+    deita = options["deita+random"]["sample"]
+    assert deita["complexity_scorer"]["path"] == "hkust-nlp/deita-complexity-scorer"
+    assert deita["quality_scorer"]["path"] == "hkust-nlp/deita-quality-scorer" and deita["stand_in"] is False
+    ds2 = options["ds2+random"]["sample"]
+    assert ds2["rater"]["path"] == "meta-llama/Llama-3.1-8B-Instruct" and ds2["stand_in"] is False
+    less = options["less+random"]["sample"]
+    assert (less["lr"], less["batch_size"], less["lora_rank"], less["lora_alpha"], less["proj_dim"], less["max_length"]) == (
+        2e-5, 128, 128, 512, 8192, 2048)
+    # the random token pruner reads its own entry, never the sample pruner's `mode`
+    assert options["alpagasus+random"]["token"] == {}
+    assert options["random+sparsevlm"] == {"sample": {"mode": "epoch"}, "token": {}}
+
+
+def test_the_default_worlds_judges_are_its_tiny_model_marked_as_a_stand_in():
+    cfg = merge_over_default(CONFIGS / "config.yaml")
+    assert cfg["method_options"]["alpagasus"] == {"judge": {"path": "world"}, "stand_in": True}
+    assert cfg["method_options"]["ds2"]["rater"] == {"path": "world"}
