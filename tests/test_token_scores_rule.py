@@ -22,8 +22,9 @@ def shell_commands(text: str, verb: str) -> list[str]:
 def plans(tmp_path_factory):
     root = tmp_path_factory.mktemp("token_scores")
     configs = {
-        "global": {"methods": ["token_cleaning", "ifd", "random+token_cleaning"]},
-        "batch": {"methods": ["token_cleaning", "rho1"], "method_options": {"token_cleaning": {"threshold": "batch"}}},
+        "global": {"methods": ["token_cleaning", "ifd", "random+token_cleaning"], "seeds": [0]},
+        "batch": {"methods": ["token_cleaning", "rho1"], "method_options": {"token_cleaning": {"threshold": "batch"}},
+                  "seeds": [0]},
     }
     runs = {}
     for name, cfg in configs.items():

@@ -119,7 +119,7 @@ def test_bad_option_fails_naming_the_key():
         check_methods(_config(proj_dim=0))
     with pytest.raises(ConfigError, match=r"method_options\.less.*'target'"):
         check_methods(_config(target="test_set"))
-    with pytest.raises(ConfigError, match=r"unknown option 'projdim'"):
+    with pytest.raises(ConfigError, match=r"method_options\.less\.projdim': unknown option of method 'less'"):
         check_methods(_config(projdim=8))
 
 
