@@ -330,6 +330,17 @@ class ScoredTokenPruner(TokenPruner):
         return stats.special_mask.bool().to(candidates.device)
 
 
+def require_static_scores(method: str, data: Any) -> list[float]:
+    """The cached per-record scores a static pruner plans from
+    (``DatasetInfo.static_scores``, written by the static_scores rule), as floats;
+    a clear error when they are missing or do not match the data set."""
+    scores = data.static_scores
+    if scores is None or len(scores) != len(data):
+        raise ValueError(f"method {method!r} is static: DatasetInfo.static_scores must hold one score per record "
+                         f"(got {None if scores is None else len(scores)} for {len(data)} records)")
+    return [float(s) for s in scores]
+
+
 def require_extra(stats: BatchStats, name: str, method: str) -> Tensor:
     if name not in stats.extras:
         raise ValueError(f"method {method!r} needs the statistic {name!r}, which the stats pass did not provide")

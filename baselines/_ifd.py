@@ -11,6 +11,7 @@ from baselines._common import (
     check_positive_int,
     epoch_keep_count,
     keep_by_score,
+    require_static_scores,
 )
 from qtbench.methods.base import Budget, DatasetInfo, EpochPlan
 
@@ -145,15 +146,9 @@ class IfdSelection(EpochLevelSamplePruner):
         return score < self.threshold if self.drop_at_threshold else score <= self.threshold
 
     def plan_epoch(self, epoch: int, num_epochs: int, data: DatasetInfo) -> EpochPlan:
-        scores = data.static_scores
-        if scores is None or len(scores) != len(data):
-            raise ValueError(
-                f"method {self.name!r} is static: DatasetInfo.static_scores must hold one score per record "
-                f"(got {None if scores is None else len(scores)} for {len(data)} records)"
-            )
+        scores = require_static_scores(self.name, data)
         n = len(data)
         k = epoch_keep_count(n, self.budget.sample_ratio)
-        scores = [float(s) for s in scores]
         eligible = [i for i in range(n) if self.eligible(scores[i])]
         filter_ignored = not eligible
         if filter_ignored:

@@ -20,7 +20,8 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from baselines._common import EpochLevelSamplePruner, check_bool, check_choice, check_positive_int, epoch_keep_count, keep_by_score
+from baselines._common import (EpochLevelSamplePruner, check_bool, check_choice, check_positive_int, epoch_keep_count,
+                              keep_by_score, require_static_scores)
 from qtbench.methods.base import Budget, DatasetInfo, EpochPlan
 from qtbench.methods.static import JudgeSlot, check_judge_entry
 
@@ -241,14 +242,8 @@ class JudgeSelection(EpochLevelSamplePruner):
         return False
 
     def plan_epoch(self, epoch: int, num_epochs: int, data: DatasetInfo) -> EpochPlan:
-        scores = data.static_scores
-        if scores is None or len(scores) != len(data):
-            raise ValueError(
-                f"method {self.name!r} is static: DatasetInfo.static_scores must hold one score per record "
-                f"(got {None if scores is None else len(scores)} for {len(data)} records)"
-            )
+        scores = require_static_scores(self.name, data)
         n = len(data)
-        scores = [float(s) for s in scores]
         eligible = [i for i in range(n) if self.eligible(scores[i])]
         filter_ignored = not eligible
         if filter_ignored:

@@ -81,7 +81,7 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from baselines._common import EpochLevelSamplePruner, check_fraction, check_positive_int, epoch_keep_count, \
-    keep_by_score, make_generator
+    keep_by_score, make_generator, require_static_scores
 from qtbench.methods.base import Budget, DatasetInfo, EpochPlan
 from qtbench.methods.registry import register_sample_pruner
 
@@ -303,12 +303,8 @@ class Less(EpochLevelSamplePruner):
         self.options = resolve_options(self.options, self.name)
 
     def plan_epoch(self, epoch: int, num_epochs: int, data: DatasetInfo) -> EpochPlan:
-        scores = data.static_scores
-        if scores is None or len(scores) != len(data):
-            raise ValueError(f"method {self.name!r} is static: DatasetInfo.static_scores must hold one score per "
-                             f"record (got {None if scores is None else len(scores)} for {len(data)} records)")
+        scores = require_static_scores(self.name, data)
         n = len(data)
-        scores = [float(s) for s in scores]
         eligible = [i for i in range(n) if math.isfinite(scores[i])]
         k = min(epoch_keep_count(n, self.budget.sample_ratio), len(eligible))
         kept = sorted(eligible[j] for j in keep_by_score([scores[i] for i in eligible], k, largest=True))

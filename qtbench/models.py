@@ -85,6 +85,20 @@ def load_tokenizer(path: str, entry: Mapping[str, Any] | None = None) -> Any:
     return tokenizer
 
 
+def from_pretrained(auto_class: Any, path: str, entry: Mapping[str, Any], device: torch.device) -> Any:
+    """``auto_class.from_pretrained`` under the project's loading rules: the
+    entry's own revision, safetensors only, remote code only if the entry says
+    so, the entry's dtype resolved for ``device``."""
+    model = auto_class.from_pretrained(
+        path,
+        revision=entry.get("revision"),
+        trust_remote_code=trust_remote_code(entry),
+        dtype=resolve_dtype(entry.get("dtype", "auto"), device),
+        use_safetensors=True,
+    )
+    return model.to(device)
+
+
 def load_model(path: str, entry: Mapping[str, Any] | None = None, device: str | torch.device = "auto") -> Any:
     """A causal LM in train-ready form (SDPA attention where supported)."""
     from transformers import AutoModelForCausalLM
@@ -96,14 +110,7 @@ def load_model(path: str, entry: Mapping[str, Any] | None = None, device: str | 
 
     if adapters.is_adapter_folder(path):  # base + adapter, merged: a plain model for every caller
         return adapters.load_merged(path, lambda base, revision: load_model(base, {**entry, "revision": revision}, device))
-    model = AutoModelForCausalLM.from_pretrained(
-        path,
-        revision=entry.get("revision"),
-        trust_remote_code=trust_remote_code(entry),
-        dtype=resolve_dtype(entry.get("dtype", "auto"), device),
-        use_safetensors=True,
-    )
-    return model.to(device)
+    return from_pretrained(AutoModelForCausalLM, path, entry, device)
 
 
 def reference_entry(model_entry: Mapping[str, Any], built_path: str | None = None) -> dict[str, Any] | None:
@@ -185,14 +192,7 @@ def load_encoder(path: str, entry: Mapping[str, Any] | None = None, device: str 
     entry = entry or {}
     device = resolve_device(device) if isinstance(device, str) else device
     check_model_path(path)
-    model = AutoModel.from_pretrained(
-        path,
-        revision=entry.get("revision"),
-        trust_remote_code=trust_remote_code(entry),
-        dtype=resolve_dtype(entry.get("dtype", "auto"), device),
-        use_safetensors=True,
-    )
-    return model.to(device)
+    return from_pretrained(AutoModel, path, entry, device)
 
 
 def count_parameters(model: Any) -> int:
