@@ -19,7 +19,7 @@ over ``--seeds`` training seeds (the world fixed).  It then prints the issue's
 targets, each with its 95% interval from :mod:`qtbench.report.intervals`
 (bootstrap over seeds and, within each task, items; paired over the items that
 every group was scored on; per-item outcomes from the ``<stem>.items.jsonl``
-beside each evaluation record, :mod:`qtbench.report.items`):
+beside each evaluation record, :mod:`qtbench.items`):
 
 a. the share of full data's gain over zero-shot that random+random recovers,
    ``(R - Z) / (F - Z)`` on the average (target: 50-90%; the paper: 65-71%),
@@ -105,7 +105,7 @@ def load_scores(evals_dir: Path) -> dict[str, dict]:
     """Per group, its (seeds x items) matrices per task; a clear stop without per-item files."""
     from qtbench.io import read_json
     from qtbench.report.compare import find_records, load_group, parse_selector, resolve, task_metrics
-    from qtbench.report.items import MissingItemsError
+    from qtbench.items import MissingItemsError
 
     records = find_records(evals_dir)
     groups = {label: resolve(parse_selector(label), records, evals_dir)
@@ -136,7 +136,7 @@ def share_interval(scores: dict[str, dict], n_resamples: int, seed: int, confide
     return {"target": "a", "what": "share of full's gain over zero-shot recovered by random+random 25%x50%",
             "estimate": point, "low": low, "high": high, "interval_open": at_edge,
             "gain_random": gain_r["estimate"], "gain_full": gain_f["estimate"],
-            "holds": bool(kept) and TARGET_BAND[0] <= low and high <= TARGET_BAND[1]}
+            "holds": bool(kept) and bool(TARGET_BAND[0] <= low and high <= TARGET_BAND[1])}
 
 
 def _contains_zero(row) -> bool:
@@ -185,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         results.mkdir(parents=True, exist_ok=True)
         write_text_atomic(config_path, yaml.safe_dump(config, sort_keys=False))
         run_snakemake(config_path, args.cores, args.snakemake_args.split())
-    from qtbench.report.items import MissingItemsError
+    from qtbench.items import MissingItemsError
 
     print(f"\nCalibration of {results} ({args.seeds} seed(s); 95% intervals, bootstrap over seeds and items):")
     try:
@@ -214,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
         print("\n  d. AUROC vs clean records under the base model (0.5 = no separation):")
         print("     " + table.round(3).to_string().replace("\n", "\n     "))
         report["auroc"] = json.loads(table.reset_index().to_json(orient="records"))
-    write_json_atomic(results / "calibration.json", report)
+    write_json_atomic(results / "calibration.json", report, default=lambda value: value.item())  # numpy scalars
     return status
 
 
