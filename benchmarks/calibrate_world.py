@@ -117,8 +117,8 @@ def load_scores(evals_dir: Path) -> dict[str, dict]:
     except MissingItemsError as exc:
         raise MissingItemsError(
             "the evaluation records have no per-item outcomes (<stem>.items.jsonl beside each <stem>.json), which "
-            "the paired intervals of targets a-c need; this tree's evaluate step does not write them yet (the "
-            f"change that adds them has to land first), then rebuild the evaluations.\n  {exc}") from None
+            "the paired intervals of targets a-c need; rebuild the evaluations (nothing is retrained): "
+            f"snakemake --forcerun evaluate evaluate_base\n  {exc}") from None
 
 
 def share_interval(scores: dict[str, dict], n_resamples: int, seed: int, confidence: float) -> dict[str, Any]:
