@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import torch
@@ -23,7 +24,8 @@ import torch
 from baselines._common import (EpochLevelSamplePruner, check_bool, check_choice, check_positive_int, epoch_keep_count,
                               keep_by_score, require_static_scores)
 from qtbench.methods.base import Budget, DatasetInfo, EpochPlan
-from qtbench.methods.static import JudgeSlot, check_judge_entry
+from qtbench.methods.static import WORLD_JUDGE, JudgeSlot, check_judge_entry
+from qtbench.models import check_model_path, looks_local
 
 Tensor = torch.Tensor
 
@@ -228,6 +230,32 @@ class JudgeSelection(EpochLevelSamplePruner):
         check_positive_int(self.name, "batch_size", self.options["batch_size"])
         check_positive_int(self.name, "max_length", self.options["max_length"])
         check_choice(self.name, "chat_template", self.options["chat_template"], ("auto", True, False))
+
+    @classmethod
+    def check_config(cls, options: Mapping[str, Any], config: Mapping[str, Any], key: str) -> None:
+        """Called at DAG build (``qtbench.preflight.check_methods``): every required
+        judge is named as a valid entry; a local judge folder exists and holds
+        safetensors weights (a hub id is not checked offline); ``path: world``
+        needs a world model in ``models``.  Errors name ``<key>.<slot>``."""
+        has_world = any(entry["path"] == WORLD_JUDGE for entry in config["models"].values())
+        for slot in cls.judge_slots:
+            slot_key = f"{key}.{slot.key}"
+            try:
+                entry = check_judge_entry(cls.name, slot.key, options.get(slot.key), slot.required)
+            except ValueError as exc:
+                raise ValueError(f"config key {slot_key!r}: {exc}") from None
+            if entry is None:
+                continue
+            path = entry["path"]
+            if path == WORLD_JUDGE:
+                if not has_world:
+                    raise ValueError(f"config key '{slot_key}.path': 'world' names the synthetic world's base model, "
+                                     "but no model of the config has path: world")
+            elif Path(path).expanduser().exists() or looks_local(path):
+                try:
+                    check_model_path(path)
+                except FileNotFoundError as exc:
+                    raise ValueError(f"config key '{slot_key}.path': {exc}") from None
 
     def check_judges(self) -> None:
         """Every required judge is named (called before scoring)."""

@@ -541,17 +541,14 @@ def warmup(base_model: str, data: str, out: str | Path, options: Mapping[str, An
     from safetensors.torch import save_file
 
     from qtbench.adapters import trainable_state
-    from qtbench.data.sources import load_sft_records
+    from qtbench.data.sources import load_configured_records
     from qtbench.io import atomic_directory, write_json_atomic
     from qtbench.models import load_model, load_tokenizer
 
     if threads:
         torch.set_num_threads(int(threads))
     opts = warmup_options(options)
-    data_cfg = dict(data_cfg or {})
-    records, _ = load_sft_records(data, data_cfg.get("format", "auto"), data_cfg.get("split", "train"),
-                                  data_cfg.get("revision"), data_cfg.get("on_bad_record", "skip"),
-                                  data_cfg.get("max_records"))
+    records, _ = load_configured_records(data, data_cfg)
     n = len(records)
     k = min(n, max(1, int(round(n * float(opts["warmup_fraction"])))))
     subset = sorted(torch.randperm(n, generator=make_generator(opts["seed"], "less_warmup_subset", n))[:k].tolist())

@@ -1,7 +1,8 @@
 """Checks that run when the Snakefile builds its DAG (and in ``qtbench
 validate-config``), so that a wrong path or task name fails before any job has
-spent a GPU-hour: local data files, local model folders (the judges of judge-scored pruners
-too), lm-eval task names
+spent a GPU-hour: local data files, local model folders, each method's own
+checks against the config (``check_config``: LESS's target set, the judges of
+judge-scored pruners), lm-eval task names
 (resolved against lm-eval's index, cached: qtbench.evaluate.builtin_task_names)
 and FSDP runs with fewer than two GPUs.  Each error names the config key.
 
@@ -117,51 +118,6 @@ def check_methods(config: Mapping[str, Any]) -> None:
                 raise ConfigError(str(exc)) from None
 
 
-def check_judges(config: Mapping[str, Any]) -> None:
-    """Every judge-scored sample pruner a run uses (Alpagasus, DEITA, DS2: a
-    class with ``judge_slots``) names its required judge models, each a valid
-    ``{path, revision, ...}`` entry whose local folder exists and holds
-    safetensors weights; ``path: world`` needs a world model in ``models``.
-    The error names the config key (``method_options.<m>.<slot>``, or
-    ``variants.<v>.options.<slot>`` for a variant that sets it)."""
-    from qtbench.methods.registry import SAMPLE_PRUNERS, part_options, resolve_method
-    from qtbench.methods.static import WORLD_JUDGE, check_judge_entry, judge_slots
-    from qtbench.models import check_model_path
-
-    variants = config.get("variants") or {}
-    has_world = any(entry["path"] == "world" for entry in config["models"].values())
-    for method in config["methods"]:
-        resolved = resolve_method(method, variants)
-        if resolved.spec.sample == "none":
-            continue
-        cls = SAMPLE_PRUNERS[resolved.spec.sample]
-        if not judge_slots(cls):
-            continue
-        written = resolved.parts["sample"]
-        options = part_options(method, config.get("method_options"), variants)["sample"]
-        variant = resolved.variants.get(written)
-        for slot in judge_slots(cls):
-            in_variant = variant is not None and slot.key in variant.options
-            key = (f"variants.{written}.options.{slot.key}" if in_variant
-                   else f"method_options.{resolved.spec.sample}.{slot.key}")
-            try:
-                entry = check_judge_entry(resolved.spec.sample, slot.key, options.get(slot.key), slot.required)
-            except ValueError as exc:
-                raise ConfigError(f"config key {key!r}: {exc}") from None
-            if entry is None:
-                continue
-            path = entry["path"]
-            if path == WORLD_JUDGE:
-                if not has_world:
-                    raise ConfigError(f"config key '{key}.path': 'world' names the synthetic world's base model, "
-                                      "but no model of the config has path: world")
-            elif Path(path).expanduser().exists() or looks_local(path):
-                try:
-                    check_model_path(path)
-                except FileNotFoundError as exc:
-                    raise ConfigError(f"config key '{key}.path': {exc}") from None
-
-
 def check_config(config: Mapping[str, Any], *, skip_tasks: bool = False,
                  overwrite_resources: Mapping[str, Mapping[str, Any]] | None = None) -> None:
     """All DAG-build checks of a validated config (raises :class:`ConfigError`)."""
@@ -171,7 +127,6 @@ def check_config(config: Mapping[str, Any], *, skip_tasks: bool = False,
     check_data(config, any(reference.values()))
     check_models(config)
     check_methods(config)
-    check_judges(config)
     check_fsdp_gpus(config, reference, overwrite_resources)
     if not skip_tasks:
         check_tasks(config)

@@ -172,3 +172,14 @@ def load_sft_records(
     if not records:
         raise DataError(f"{source}: no usable records ({len(report.bad)} bad of {report.total})")
     return records, report
+
+
+def load_configured_records(source: str, data_cfg: Mapping[str, Any] | None = None
+                            ) -> tuple[list[dict[str, str]], LoadReport]:
+    """:func:`load_sft_records` of ``source``, read as the config's ``data``
+    section says (format, split, revision, bad-record policy, cap): training,
+    static scoring and LESS's warm-up all read through here, so they see the
+    same records."""
+    cfg = dict(data_cfg or {})
+    return load_sft_records(source, cfg.get("format", "auto"), cfg.get("split", "train"), cfg.get("revision"),
+                            cfg.get("on_bad_record", "skip"), cfg.get("max_records"))

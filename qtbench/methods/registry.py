@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 from qtbench.methods.base import Budget, Method, PairMethod, SamplePruner, TokenPruner, KeepAllSamples, KeepAllTokens
 
@@ -436,10 +436,7 @@ def part_options(name: str, method_options: Mapping[str, Mapping[str, Any]] | No
     method_options = method_options or {}
     resolved = resolve_method(name, variants)
     out: dict[str, dict[str, Any]] = {}
-    for role, written in resolved.parts.items():
-        variant = resolved.variants.get(written)
-        base = variant.method if variant else written
-        section = options_section(role, base)
+    for role, variant, section in _part_sections(resolved):
         out[role] = {**dict(method_options.get(section) or {}), **(dict(variant.options) if variant else {})}
     return out
 
@@ -447,12 +444,15 @@ def part_options(name: str, method_options: Mapping[str, Mapping[str, Any]] | No
 def part_sections(name: str, variants: Mapping[str, Any] | None = None) -> set[str]:
     """The ``method_options`` keys a config method name's parts read
     (:func:`options_section` of each part's registered method)."""
-    resolved = resolve_method(name, variants)
-    out = set()
+    return {section for _role, _variant, section in _part_sections(resolve_method(name, variants))}
+
+
+def _part_sections(resolved: ResolvedMethod) -> Iterator[tuple[str, Any, str]]:
+    """(role, the variant naming that part or None, the ``method_options`` key
+    its registered method reads), for each part of a resolved method."""
     for role, written in resolved.parts.items():
         variant = resolved.variants.get(written)
-        out.add(options_section(role, variant.method if variant else written))
-    return out
+        yield role, variant, options_section(role, variant.method if variant else written)
 
 
 def pruner_options(part: str, method_options: Mapping[str, Mapping[str, Any]] | None = None,

@@ -41,7 +41,7 @@ from typing import Any, Iterator, Mapping
 
 from qtbench.io import write_json_atomic
 from qtbench.methods.registry import SAMPLE_PRUNERS, load_registry
-from qtbench.data.sources import load_sft_records
+from qtbench.data.sources import load_configured_records
 
 
 def score_static(method: str, model_path: str, data: str, options: Mapping[str, Any], out: str | Path,
@@ -55,9 +55,7 @@ def score_static(method: str, model_path: str, data: str, options: Mapping[str, 
     scorer = getattr(module, "static_scores", None)
     if scorer is None:
         raise ValueError(f"module {module.__name__} registers static pruner {method!r} but defines no static_scores()")
-    data_cfg = dict(data_cfg or {})
-    records, _ = load_sft_records(data, data_cfg.get("format", "auto"), data_cfg.get("split", "train"),
-                              data_cfg.get("revision"), data_cfg.get("on_bad_record", "skip"), data_cfg.get("max_records"))
+    records, _ = load_configured_records(data, data_cfg)
     from qtbench.models import load_model, load_tokenizer
 
     takes_inputs = "inputs" in inspect.signature(scorer).parameters
@@ -107,9 +105,7 @@ def score_tokens(base_model: str, reference_model: str, data: str, out: str | Pa
     from qtbench.models import load_model, load_reference, load_tokenizer
 
     entry = dict(model_entry or {})
-    data_cfg = dict(data_cfg or {})
-    records, _ = load_sft_records(data, data_cfg.get("format", "auto"), data_cfg.get("split", "train"),
-                                  data_cfg.get("revision"), data_cfg.get("on_bad_record", "skip"), data_cfg.get("max_records"))
+    records, _ = load_configured_records(data, data_cfg)
     tokenizer = load_tokenizer(base_model, entry)
     reference = load_reference(entry, reference_model, tokenizer).eval()
     base = load_model(base_model, entry, next(reference.parameters()).device).eval()

@@ -31,7 +31,7 @@ import qtbench
 from qtbench import fsdp as fsdp_tools
 from qtbench import adapters, tracking
 from qtbench.data.batches import TokenizedExample, tokenize_records
-from qtbench.data.sources import LoadReport, load_sft_records
+from qtbench.data.sources import LoadReport, load_configured_records
 from qtbench.io import atomic_directory, read_json, write_json_atomic
 from qtbench.methods.base import Budget, DatasetInfo, EpochPlan, Method
 from qtbench.methods.registry import build_method
@@ -227,8 +227,7 @@ def _load_data(cfg: Mapping[str, Any], data: str, tokenizer: Any
                ) -> tuple[list[dict], LoadReport, list[TokenizedExample]]:
     """The SFT records, the report of what was dropped, and their tokenization."""
     dcfg, tcfg = cfg["data"], cfg["train"]
-    records, report = load_sft_records(data, dcfg.get("format", "auto"), dcfg.get("split", "train"),
-                                       dcfg.get("revision"), dcfg.get("on_bad_record", "skip"), dcfg.get("max_records"))
+    records, report = load_configured_records(data, dcfg)
     examples = tokenize_records(records, tokenizer, int(tcfg["max_length"]), bool(cfg["model"].get("chat_template", False)))
     truncated = sum(e.truncated for e in examples)
     if truncated:

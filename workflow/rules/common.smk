@@ -176,7 +176,6 @@ def static_scores_step_arg(wildcards):
     return as_arg({**step.get("values", {}), **step["inputs"]})
 
 
-
 def reference_run_config(model):
     """The reference model is `full` SFT of the base model on the clean reference split."""
     run = qconfig.RunSpec(model, "full", "1", "1", 0).as_dict()
@@ -197,6 +196,7 @@ def reference_input(model):
 
 
 def reference_arg(model):
+    """The reference model a job loads: the configured one, else the reference_model rule's."""
     return reference_path(model_entry(model)) or f"{R}/models/{model}/reference"
 
 
@@ -238,8 +238,8 @@ def train_inputs(wildcards):
     if spec.sample != "none" and SAMPLE_PRUNERS[spec.sample].static:
         # named as written: a variant of a static pruner scores with its own options
         inputs["static"] = f"{R}/static/{run.model}/{resolved.parts['sample']}.json"
-    if needs_reference(run) and not config["models"][run.model]["reference"]:
-        inputs["reference"] = f"{R}/models/{run.model}/reference"
+    if needs_reference(run) and reference_input(run.model):
+        inputs["reference"] = reference_input(run.model)[0]
     if needs_token_scores(run):
         # TokenCleaning's global threshold: every response token scored once per model
         inputs["token_scores"] = token_scores_path(run.model)
@@ -269,8 +269,7 @@ def train_extra_args(wildcards, input):
         args += ["--static-scores", input.static]
     run = run_of(wildcards)
     if needs_reference(run):
-        reference = reference_path(model_entry(run.model)) or f"{R}/models/{run.model}/reference"
-        args += ["--reference-model", reference]
+        args += ["--reference-model", reference_arg(run.model)]
     if "meta" in input.keys():
         args += ["--meta", input.meta]
     if "token_scores" in input.keys():
