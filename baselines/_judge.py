@@ -16,7 +16,6 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import torch
@@ -25,7 +24,7 @@ from baselines._common import (EpochLevelSamplePruner, check_bool, check_choice,
                               keep_by_score, require_static_scores)
 from qtbench.methods.base import Budget, DatasetInfo, EpochPlan
 from qtbench.methods.static import WORLD_JUDGE, JudgeSlot, check_judge_entry
-from qtbench.models import check_model_path, looks_local
+from qtbench.models import check_model_path
 
 Tensor = torch.Tensor
 
@@ -251,9 +250,9 @@ class JudgeSelection(EpochLevelSamplePruner):
                 if not has_world:
                     raise ValueError(f"config key '{slot_key}.path': 'world' names the synthetic world's base model, "
                                      "but no model of the config has path: world")
-            elif Path(path).expanduser().exists() or looks_local(path):
+            else:
                 try:
-                    check_model_path(path)
+                    check_model_path(path)  # a local folder: exists, safetensors; a hub id: nothing offline
                 except FileNotFoundError as exc:
                     raise ValueError(f"config key '{slot_key}.path': {exc}") from None
 

@@ -55,11 +55,10 @@ def check_models(config: Mapping[str, Any]) -> None:
                     raise ConfigError(f"config key 'models.{name}.reference': {exc}") from None
             if not path or path == "world":
                 continue
-            if Path(path).expanduser().exists() or looks_local(path):
-                try:
-                    check_model_path(path)
-                except FileNotFoundError as exc:
-                    raise ConfigError(f"config key 'models.{name}.{key}': {exc}") from None
+            try:
+                check_model_path(path)  # a local folder: exists, safetensors; a hub id: nothing offline
+            except FileNotFoundError as exc:
+                raise ConfigError(f"config key 'models.{name}.{key}': {exc}") from None
 
 
 def check_tasks(config: Mapping[str, Any]) -> None:

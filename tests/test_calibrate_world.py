@@ -60,23 +60,26 @@ def test_report_only_without_items_says_what_is_missing(results, capsys):
     assert "a-c: not computed" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("name", ["wrong_answers_30", "eval300_epochs3", "epochs4", "epochs8"])
-def test_shipped_overlays_are_valid_calibration_configs(name):
+@pytest.mark.parametrize("name, epochs, eval_items, wrong_answer", [
+    ("epochs4", 4, 200, 0.10),
+    ("epochs8", 8, 200, 0.10),
+    ("eval300_epochs3", 3, 300, 0.10),
+    ("wrong_answers_30", 2, 300, 0.30),
+])
+def test_shipped_overlays_are_valid_calibration_configs(name, epochs, eval_items, wrong_answer):
     """Each measured try in benchmarks/calibration/ (README, tries not adopted) merges
-    over the default into a valid config on the calibration grid, with its knob set."""
+    over the default into a valid config on the calibration grid, with its knobs set
+    and the default regime (lr 3e-4, every fact in the corpus) otherwise."""
     import yaml
 
     from benchmarks.calibrate_world import REPO, calibration_config
-    from qtbench.world.generate import DEFAULTS as WORLD_DEFAULTS
+    from qtbench.world.generate import resolve_config
 
     overlay = yaml.safe_load((REPO / "benchmarks" / "calibration" / f"{name}.yaml").read_text())
     config = calibration_config(overlay, 3, name, "results_calibration")
     assert config["methods"] == ["full", "random+random", "oracle", "anti_oracle"]
     assert config["seeds"] == [0, 1, 2]
-    expected_epochs = {"eval300_epochs3": 3, "epochs4": 4, "epochs8": 8}.get(name, 2)
-    assert config["train"]["epochs"] == expected_epochs
-    assert config["train"]["lr"] == 3.0e-4  # the default's regime otherwise
-    eval_items = config["world"].get("n_eval_per_task", WORLD_DEFAULTS["n_eval_per_task"])
-    assert eval_items == (300 if name in ("wrong_answers_30", "eval300_epochs3") else 200)
-    if name == "wrong_answers_30":
-        assert config["world"]["noise"] == {"random": 0.10, "wrong_answer": 0.30, "truncated": 0.05}
+    assert (config["train"]["epochs"], config["train"]["lr"]) == (epochs, 3.0e-4)
+    world = resolve_config(config["world"])
+    assert (world["n_eval_per_task"], world["noise"]["wrong_answer"], world["corpus_coverage"]) == \
+        (eval_items, wrong_answer, 1.0)
