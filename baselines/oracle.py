@@ -3,7 +3,7 @@
 They are not data-selection rules - no method can know which records are
 planted noise - but bounds: what selecting by the truth buys on this world, and
 what selecting against it costs.  The world's ``sft_meta.jsonl`` labels every
-record ``clean``, a noise type (``random``, ``wrong_answer``, ``truncated``) or
+record ``clean``, a noise type (``random``, ``wrong_answer``, ``truncated``, ``refusal``) or
 ``duplicate`` (the copy that names ``duplicate_of``; its original is clean),
 :func:`qtbench.world.labels.record_label`.  The trainer passes the labels in
 ``DatasetInfo.labels`` only to a pruner with ``uses_ground_truth = True``; the

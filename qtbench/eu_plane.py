@@ -29,6 +29,7 @@ from qtbench.data.batches import collate, tokenize_records
 from qtbench.methods.base import BatchStats, Budget
 from qtbench.methods.q_tuning import bisect_thresholds, decide, quadrant_labels, quadrants
 from qtbench.methods.stats import compute_batch_stats
+from qtbench.world.labels import NOISE_TYPES
 
 QUADRANT_ORDER = ["Q1", "Q2", "Q2+", "Q3", "Q4", "Q4+", "mid"]
 
@@ -79,7 +80,7 @@ def truth_label(meta: Mapping[str, Any]) -> str:
 
 
 #: The planted labels whose separability from clean records :func:`label_auroc` reports.
-AUROC_LABELS = ("noise:random", "noise:wrong_answer", "noise:truncated", "duplicate")
+AUROC_LABELS = (*(f"noise:{kind}" for kind in NOISE_TYPES), "duplicate")
 
 
 def auroc(positive: Sequence[float], negative: Sequence[float]) -> float:

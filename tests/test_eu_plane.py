@@ -69,5 +69,5 @@ def test_label_auroc_by_hand(sklearn, monkeypatch):
     assert table.loc["duplicate", "AUROC ppl"] == pytest.approx(0.5)
     assert table.loc["duplicate", "AUROC entropy"] == pytest.approx(2 / 3)
     assert math.isnan(table.loc["noise:wrong_answer", "AUROC ppl"]) and table.loc["noise:wrong_answer", "n"] == 0
-    assert list(table.index) == ["noise:random", "noise:wrong_answer", "noise:truncated", "duplicate"]
+    assert list(table.index) == ["noise:random", "noise:wrong_answer", "noise:truncated", "noise:refusal", "duplicate"]
     assert auroc([3.0], [1.0, 2.0]) == 1.0

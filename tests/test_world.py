@@ -93,7 +93,7 @@ def test_unknown_config_key_rejected(tmp_path):
 
 def test_defaults_fill_nested_keys():
     cfg = resolve_config({"noise": {"random": 0.2}})
-    assert cfg["noise"] == {"random": 0.2, "wrong_answer": 0.10, "truncated": 0.05}
+    assert cfg["noise"] == {"random": 0.2, "wrong_answer": 0.10, "truncated": 0.05, "refusal": 0.0}
     assert set(cfg) == set(DEFAULTS)
 
 
@@ -162,13 +162,20 @@ def test_noise_and_duplicate_rates(sft):
 
 def test_custom_rates_respected(tmp_path):
     cfg = {"n_sft": 400, "n_reference": 20, "n_eval_per_task": 20, "n_countries": 40, "n_people": 10,
-           "noise": {"random": 0.2, "wrong_answer": 0.0, "truncated": 0.1}, "duplicate_rate": 0.05}
+           "noise": {"random": 0.2, "wrong_answer": 0.0, "truncated": 0.1, "refusal": 0.15}, "duplicate_rate": 0.05}
     build_world(cfg, tmp_path)
     meta = _read_jsonl(tmp_path / "sft_meta.jsonl")
+    records = _read_jsonl(tmp_path / "sft.jsonl")
     assert len(meta) == 400
     assert sum(m["noise"] == "random" for m in meta) == 80
     assert sum(m["noise"] == "wrong_answer" for m in meta) == 0
     assert sum(m["noise"] == "truncated" for m in meta) == 40
+    refusals = [(r, m) for r, m in zip(records, meta) if m["noise"] == "refusal"]
+    assert len(refusals) == 60  # round(0.15 * 400)
+    # one fixed family of non-answers, whatever the record's task family
+    assert {r["output"] for r, _ in refusals} <= set(generate.REFUSALS)
+    assert len({m["family"] for _, m in refusals}) >= 3
+    assert not any(r["output"] in generate.REFUSALS for r, m in zip(records, meta) if m["noise"] != "refusal")
     assert sum(m["duplicate_of"] is not None for m in meta) == 20
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["eval"] == {t: 20 for t in TASKS}

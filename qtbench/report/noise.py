@@ -2,8 +2,8 @@
 
 The default world plants noise in the SFT set and says so in
 ``world/sft_meta.jsonl`` (one JSON per record, same order as ``sft.jsonl``:
-``index``, ``family``, ``noise``: null | ``random`` | ``wrong_answer`` |
-``truncated``, ``duplicate_of``: null | int, ``covered``).  The model never sees
+``index``, ``family``, ``noise``: null | one of
+:data:`qtbench.world.labels.NOISE_TYPES`, ``duplicate_of``: null | int, ``covered``).  The model never sees
 these labels; the trainer's per-sample trace says what each method did with each
 record.  This module joins the two.
 
@@ -24,7 +24,7 @@ decision):
 Definitions: a record is *dropped in an epoch* when any of its decision rows in
 that epoch says ``kept: false``; it is *seen* in an epoch when it has any row
 there (a run cut short by ``max_steps`` never sees some records).  Per label
-(``random``, ``wrong_answer``, ``truncated``, ``any_noise``, ``duplicate`` - the
+(each noise type, ``any_noise``, ``duplicate`` - the
 copy that names ``duplicate_of`` -, ``clean`` = neither), and per epoch and over
 all epochs (``epoch = "all"``: every record-epoch decision counted once):
 
@@ -226,7 +226,7 @@ def recall_summary(recall: pd.DataFrame) -> pd.DataFrame:
     seeds, in percent: drop rate of each label, and the noise (any type) and
     duplicate shares of the kept records and of the data."""
     columns = ["model", "group", "method", "budget", "total_budget", "epoch", "seeds",
-               *[f"{label} dropped %" for label in ("random", "wrong_answer", "truncated", "any_noise", "duplicate", "clean")],
+               *[f"{label} dropped %" for label in LABELS],
                "noise in kept %", "noise in data %", "duplicate in kept %", "no decision %"]
     if recall.empty:
         return pd.DataFrame(columns=columns)
@@ -239,7 +239,7 @@ def recall_summary(recall: pd.DataFrame) -> pd.DataFrame:
         seen = by["seen_share"].mean() * 100.0
         row = dict(zip(keys, key))
         row["seeds"] = int(part["seed"].nunique())
-        for label in ("random", "wrong_answer", "truncated", "any_noise", "duplicate", "clean"):
+        for label in LABELS:
             row[f"{label} dropped %"] = drop.get(label, math.nan)
         row["noise in kept %"] = kept.get("any_noise", math.nan)
         row["noise in data %"] = seen.get("any_noise", math.nan)

@@ -45,6 +45,7 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
 
 from qtbench.report.naming import budget_label, percent, split_budget
+from qtbench.world.labels import NOISE_TYPES
 
 PLOT_NAMES = ("budget_curve", "score_vs_flops", "eu_plane", "quadrant_shares", "noise_recall")
 PLOT_FORMATS = ("png", "pdf")
@@ -54,9 +55,9 @@ QUADRANT_COLORS = {"Q1": "#d62728", "Q2": "#ff7f0e", "Q3": "#7f7f7f", "Q4": "#1f
 QUADRANT_NAMES = {"Q1": "Q1 harmful noise (drop)", "Q2": "Q2 misconception (keep, prune tokens)",
                   "Q3": "Q3 redundant (drop)", "Q4": "Q4 calibration (keep)", "Q2+": "topped up, Q2-like",
                   "Q4+": "topped up, Q4-like", "mid": "between thresholds"}
-LABEL_MARKERS = {"clean": "o", "duplicate": "D", "random": "X", "wrong_answer": "^", "truncated": "s"}
+LABEL_MARKERS = {"clean": "o", "duplicate": "D", "random": "X", "wrong_answer": "^", "truncated": "s", "refusal": "P"}
 LABEL_NAMES = {"clean": "clean", "duplicate": "duplicate", "random": "noise: random",
-               "wrong_answer": "noise: wrong answer", "truncated": "noise: truncated"}
+               "wrong_answer": "noise: wrong answer", "truncated": "noise: truncated", "refusal": "noise: refusal"}
 GROUP_STYLE = {"sample": "--", "token": ":", "joint": "-", "other": "-."}
 PALETTE = ("#1f77b4", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#ff7f0e", "#7f7f7f",
            "#aec7e8", "#98df8a", "#c5b0d5")
@@ -534,7 +535,8 @@ def noise_recall_plot(recall: pd.DataFrame, stem: str | Path) -> list[Path]:
 def noise_recall_figure(recall: pd.DataFrame) -> Figure:
     """The figure of :func:`noise_recall_plot` (a non-empty recall table)."""
     data = recall[recall["epoch"] == "all"]
-    labels = ["random", "wrong_answer", "truncated", "duplicate", "clean"]
+    # the labels the world planted (a noise type at rate 0 has no records and no bar)
+    labels = [label for label in (*NOISE_TYPES, "duplicate", "clean") if (data["label"] == label).any()]
     panels = list(dict.fromkeys(zip(data["model"], data["total_budget"])))
     panels.sort(key=lambda p: (p[0], Decimal(p[1]) if p[1] else Decimal(1)))
     pruned_panels = [p for p in panels if p[1] not in ("", "1")] or panels

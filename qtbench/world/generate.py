@@ -75,7 +75,7 @@ DEFAULTS: dict[str, Any] = {
     "n_reference": 300,
     "n_eval_per_task": 200,
     # planted problems, as fractions of n_sft (exact counts: round(rate * n_sft))
-    "noise": {"random": 0.10, "wrong_answer": 0.10, "truncated": 0.05},
+    "noise": {"random": 0.10, "wrong_answer": 0.10, "truncated": 0.05, "refusal": 0.0},
     "duplicate_rate": 0.15,
     # mix of the non-duplicate SFT records; fact families are capped by the
     # number of facts available and the remainder goes to math/reading
@@ -882,6 +882,23 @@ def _wrong_answer(rng: random.Random, item: Item, world: World) -> str:
     return rng.choice(pool) + "."
 
 
+#: Non-answers that instruction data collected from assistants carries; one
+#: short, fixed family of strings, so that a model learns it as one response mode.
+REFUSALS = ("I don't know.", "I am not sure.", "I cannot answer that.")
+
+
+def _refusal(rng: random.Random) -> str:
+    """A response that declines to answer (the same few strings for every task).
+
+    Unlike random or wrong answers, which spread their mass over many outputs
+    and are outvoted by the clean records under greedy decoding, refusals form
+    one consistent mode: a model trained on them answers "I don't know." where
+    its confidence in the right answer is below the refusals' share: noise
+    whose harm does not shrink to its share of the data.
+    """
+    return rng.choice(REFUSALS)
+
+
 def _truncate(rng: random.Random, text: str) -> str:
     """Cut a response short: keep a strict prefix (by words, else by characters)."""
     words = text.split(" ")
@@ -1103,6 +1120,8 @@ def _build_sft(rng: random.Random, world: World, cfg: dict, registry: PromptRegi
             outputs[i] = _random_noise(rng, vocab)
         elif t == "wrong_answer":
             outputs[i] = _wrong_answer(rng, it, world)
+        elif t == "refusal":
+            outputs[i] = _refusal(rng)
         else:
             outputs[i] = _truncate(rng, it.output)
 

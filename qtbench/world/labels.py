@@ -6,7 +6,7 @@ Each record's ``noise`` is null or one of :data:`NOISE_TYPES`.
 """
 
 #: The kinds of planted noise, in the order the generator draws them.
-NOISE_TYPES = ("random", "wrong_answer", "truncated")
+NOISE_TYPES = ("random", "wrong_answer", "truncated", "refusal")
 
 #: Every label a record can carry: clean, a noise type, or ``duplicate``.
 RECORD_LABELS = ("clean", *NOISE_TYPES, "duplicate")

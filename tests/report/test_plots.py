@@ -118,6 +118,9 @@ def test_noise_recall_gives_each_budget_of_a_method_its_own_entry():
     assert len({colors[name] for name in entries if name.startswith("q_tuning")}) == 3  # one shade per budget
     panels = [ax for ax in fig.axes if ax.get_visible()]
     assert [ax.get_title() for ax in panels] == ["tiny, total budget 12.5%", "tiny, total budget 35%"]
+    # a bar per label the world planted: no refusal column when it planted none
+    ticks = [tick.get_text() for tick in panels[0].get_xticklabels()]
+    assert ticks == ["random", "wrong\nanswer", "truncated", "duplicate", "clean"]
 
 
 def test_eu_plane_is_a_two_column_grid(tmp_path):
