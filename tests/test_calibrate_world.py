@@ -60,16 +60,23 @@ def test_report_only_without_items_says_what_is_missing(results, capsys):
     assert "a-c: not computed" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("name, epochs, eval_items, wrong_answer", [
-    ("epochs4", 4, 200, 0.10),
-    ("epochs8", 8, 200, 0.10),
-    ("eval300_epochs3", 3, 300, 0.10),
-    ("wrong_answers_30", 2, 300, 0.30),
+NO_REFUSALS = {"random": 0.10, "wrong_answer": 0.10, "truncated": 0.05, "refusal": 0.0}
+
+
+@pytest.mark.parametrize("name, epochs, eval_items, noise, duplicates", [
+    ("epochs4", 4, 200, NO_REFUSALS, 0.15),
+    ("epochs8", 8, 200, NO_REFUSALS, 0.15),
+    ("eval300_epochs3", 3, 300, NO_REFUSALS, 0.15),
+    ("wrong_answers_30", 2, 300, {**NO_REFUSALS, "wrong_answer": 0.30}, 0.15),
+    ("refusals_15", 2, 200, {"random": 0.05, "wrong_answer": 0.05, "truncated": 0.05, "refusal": 0.15}, 0.05),
+    ("refusals_10_with_default_noise", 2, 200, {**NO_REFUSALS, "refusal": 0.10}, 0.15),
+    ("refusals_10_eval300", 2, 300, {"random": 0.05, "wrong_answer": 0.05, "truncated": 0.05, "refusal": 0.10}, 0.05),
 ])
-def test_shipped_overlays_are_valid_calibration_configs(name, epochs, eval_items, wrong_answer):
+def test_shipped_overlays_are_valid_calibration_configs(name, epochs, eval_items, noise, duplicates):
     """Each measured try in benchmarks/calibration/ (README, tries not adopted) merges
-    over the default into a valid config on the calibration grid, with its knobs set
-    and the default regime (lr 3e-4, every fact in the corpus) otherwise."""
+    over the default into a valid config on the calibration grid, with the world it was
+    measured on (its noise mix pinned, whatever the default's is now) and the default
+    regime (lr 3e-4, every fact in the corpus) otherwise."""
     import yaml
 
     from benchmarks.calibrate_world import REPO, calibration_config
@@ -81,5 +88,5 @@ def test_shipped_overlays_are_valid_calibration_configs(name, epochs, eval_items
     assert config["seeds"] == [0, 1, 2]
     assert (config["train"]["epochs"], config["train"]["lr"]) == (epochs, 3.0e-4)
     world = resolve_config(config["world"])
-    assert (world["n_eval_per_task"], world["noise"]["wrong_answer"], world["corpus_coverage"]) == \
-        (eval_items, wrong_answer, 1.0)
+    assert (world["n_eval_per_task"], world["noise"], world["duplicate_rate"], world["corpus_coverage"]) == \
+        (eval_items, noise, duplicates, 1.0)
