@@ -4,8 +4,8 @@ The default world plants noise in the SFT set and says so in
 ``world/sft_meta.jsonl`` (one JSON per record, same order as ``sft.jsonl``:
 ``index``, ``family``, ``noise``: null | one of
 :data:`qtbench.world.labels.NOISE_TYPES`, ``duplicate_of``: null | int,
-``covered``).  The model never sees these labels; the trainer's per-sample trace says what each method did with each
-record.  This module joins the two.
+``covered``).  The model never sees these labels; the trainer's per-sample
+trace says what each method did with each record.  This module joins the two.
 
 Per-sample decisions come from the trainer's ``trace.jsonl`` (one row per
 micro-batch, :func:`qtbench.report.runs.trace_samples` turns them into one row per
