@@ -55,9 +55,10 @@ QUADRANT_COLORS = {"Q1": "#d62728", "Q2": "#ff7f0e", "Q3": "#7f7f7f", "Q4": "#1f
 QUADRANT_NAMES = {"Q1": "Q1 harmful noise (drop)", "Q2": "Q2 misconception (keep, prune tokens)",
                   "Q3": "Q3 redundant (drop)", "Q4": "Q4 calibration (keep)", "Q2+": "topped up, Q2-like",
                   "Q4+": "topped up, Q4-like", "mid": "between thresholds"}
+#: one marker per record label (qtbench.world.labels.RECORD_LABELS), clean first so noise is drawn on top
 LABEL_MARKERS = {"clean": "o", "duplicate": "D", "random": "X", "wrong_answer": "^", "truncated": "s", "refusal": "P"}
-LABEL_NAMES = {"clean": "clean", "duplicate": "duplicate", "random": "noise: random",
-               "wrong_answer": "noise: wrong answer", "truncated": "noise: truncated", "refusal": "noise: refusal"}
+LABEL_NAMES = {"clean": "clean", "duplicate": "duplicate",
+               **{kind: "noise: " + kind.replace("_", " ") for kind in NOISE_TYPES}}
 GROUP_STYLE = {"sample": "--", "token": ":", "joint": "-", "other": "-."}
 PALETTE = ("#1f77b4", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#ff7f0e", "#7f7f7f",
            "#aec7e8", "#98df8a", "#c5b0d5")

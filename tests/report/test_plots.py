@@ -102,6 +102,14 @@ def test_budget_shades_dark_to_light_per_method():
     assert shades[("random", "s0.125-t1")] == plots.method_colors(["full", "q_tuning", "random"])["random"]
 
 
+def test_every_record_label_has_a_marker_and_a_name():
+    from qtbench.world.labels import RECORD_LABELS
+
+    assert set(plots.LABEL_MARKERS) == set(RECORD_LABELS) == set(plots.LABEL_NAMES)
+    assert len(set(plots.LABEL_MARKERS.values())) == len(RECORD_LABELS)  # markers tell labels apart
+    assert plots.LABEL_NAMES["wrong_answer"] == "noise: wrong answer"
+
+
 def test_noise_recall_gives_each_budget_of_a_method_its_own_entry():
     rows = []
     for method, budget in (("full", "s1-t1"), ("q_tuning", "s0.25-t0.5"), ("q_tuning", "s0.5-t0.25"),
